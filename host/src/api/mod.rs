@@ -1,0 +1,179 @@
+//! The HTTP API, compatible with BitForged Navigator's routes and JSON shapes.
+//!
+//! Every answer is JSON (or a PNG): bad JSON, missing fields, limits, unknown routes and
+//! internal failures all get a JSON body and a status code, never an HTML page or a hang.
+//! Requests become jobs through the job service only.
+
+mod auth;
+mod queue;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use auth::{Authenticator, SUPERUSER_ID, User, permission_role, role};
+
+use crate::jobs::JobService;
+
+/// What the routes share.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The job service (and through it, the store).
+    pub jobs: Arc<JobService>,
+    /// Accepted credentials.
+    pub auth: Authenticator,
+    /// Largest `width * height`.
+    pub image_pixel_limit: u64,
+}
+
+/// Express' `json({limit: "50mb"})`.
+const BODY_LIMIT: usize = 50 * 1024 * 1024;
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::any())
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+            Method::PATCH,
+        ])
+        .allow_headers([
+            header::ORIGIN,
+            header::HeaderName::from_static("x-requested-with"),
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            header::AUTHORIZATION,
+        ]);
+    let api = Router::new()
+        .route("/config/limits", get(limits))
+        .route("/queue/user/txt2img", post(queue::txt2img))
+        .route("/images/{job_id}", get(image))
+        .layer(cors);
+    Router::new()
+        .route("/", get(root))
+        .nest("/api", api)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+async fn root() -> Json<serde_json::Value> {
+    Json(json!({"message": "Hello World!", "status": "online"}))
+}
+
+async fn limits(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({"max_pixels": state.image_pixel_limit}))
+}
+
+async fn image(
+    State(state): State<AppState>,
+    Path(job_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = job_id.replacen(".png", "", 1);
+    match state.jobs.store().image_png(&id).await {
+        Ok(Some(png)) => Ok((
+            [(header::CONTENT_TYPE, HeaderValue::from_static("image/png"))],
+            png,
+        )
+            .into_response()),
+        Ok(None) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            json!({"error": "Image not found"}),
+        )),
+        Err(err) => Err(ApiError::internal(err)),
+    }
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        json!({"error": format!("Cannot {method} {}", uri.path())}),
+    )
+}
+
+/// The client's address as Navigator sees it (`trust proxy`: left-most `X-Forwarded-For`).
+fn origin(headers: &HeaderMap, peer: SocketAddr) -> String {
+    let forwarded = headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(str::trim)
+        .filter(|v| !v.is_empty());
+    forwarded.map_or_else(|| peer.ip().to_string(), str::to_owned)
+}
+
+/// An error answer: a status and a JSON body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: serde_json::Value,
+}
+
+impl ApiError {
+    /// Any status and body.
+    pub fn new(status: StatusCode, body: serde_json::Value) -> Self {
+        Self { status, body }
+    }
+
+    /// `400 {"error": message}`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, json!({"error": message.into()}))
+    }
+
+    /// `401 {"message":"Unauthorized"}`, with `error` when there is a reason.
+    pub fn unauthorized(error: Option<&str>) -> Self {
+        let body = match error {
+            Some(error) => json!({"message": "Unauthorized", "error": error}),
+            None => json!({"message": "Unauthorized"}),
+        };
+        Self::new(StatusCode::UNAUTHORIZED, body)
+    }
+
+    /// `403` for a user whose role is 0.
+    pub fn user_disabled() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            json!({"message": "Forbidden", "error": "User is disabled", "error_code": "USER_DISABLED"}),
+        )
+    }
+
+    /// `500 {"error":"Internal Server Error"}`; the cause is logged, not sent.
+    pub fn internal(err: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "request failed");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": "Internal Server Error"}),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}

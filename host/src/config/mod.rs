@@ -1,0 +1,538 @@
+//! Configuration: `config.toml`, environment overrides, and validation.
+//!
+//! The file keeps Stably Discordant's keys (`[auth]`, `[discord.settings]`, `[discord.style]`,
+//! `[misc_settings]`) and adds easel's own sections. Every key has a default, so an empty file
+//! (or none at all) is a valid configuration. Anything the server cannot use is refused at start
+//! with one line naming the key, what was found and what was expected: an unknown key or
+//! section (with the closest known name as a suggestion), a value of the wrong type, a database
+//! URL of an unknown kind. Navigator's environment variables override the file where they mean
+//! the same thing.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The placeholder token shipped in `config.toml`: the Discord front end stays off while it is set.
+pub const PLACEHOLDER_DISCORD_TOKEN: &str = "XXX";
+
+/// The whole configuration, as read from `config.toml` and the environment.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct Config {
+    /// Unused title line kept from the seed's file.
+    pub title: String,
+    /// `[auth]`: the Discord bot token.
+    pub auth: Auth,
+    /// `[discord.*]`: the seed's Discord settings.
+    pub discord: Discord,
+    /// `[misc_settings]`: where logs go.
+    pub misc_settings: MiscSettings,
+    /// `[database]`: where jobs and images are stored.
+    pub database: Database,
+    /// `[api]`: the HTTP API.
+    pub api: Api,
+    /// `[simulated]`: the built-in simulated backend.
+    pub simulated: Simulated,
+}
+
+/// `[auth]`.
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct Auth {
+    /// The bot token; the placeholder `"XXX"` (or an empty string) keeps Discord off.
+    pub discord_token: String,
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Auth")
+            .field("discord_token", &Redacted(&self.discord_token))
+            .finish()
+    }
+}
+
+/// `[discord]`, holding the seed's two sub-tables.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct Discord {
+    /// `[discord.settings]`.
+    pub settings: DiscordSettings,
+    /// `[discord.style]`.
+    pub style: DiscordStyle,
+}
+
+/// `[discord.settings]`: who and where the bot listens to.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct DiscordSettings {
+    /// `"Guild:channel"` names to listen in (empty: all channels).
+    pub listen_channels: Vec<String>,
+    /// `"Guild:channel"` names to ignore (used when `listen_channels` is empty).
+    pub ignore_channels: Vec<String>,
+    /// `"name#discriminator"` users to listen to (empty: everyone).
+    pub listen_users: Vec<String>,
+    /// `"name#discriminator"` users to ignore (used when `listen_users` is empty).
+    pub ignore_users: Vec<String>,
+    /// The prefix that addresses the bot.
+    pub wake_word: String,
+}
+
+impl Default for DiscordSettings {
+    fn default() -> Self {
+        Self {
+            listen_channels: Vec::new(),
+            ignore_channels: Vec::new(),
+            listen_users: Vec::new(),
+            ignore_users: Vec::new(),
+            wake_word: "/art".to_owned(),
+        }
+    }
+}
+
+/// `[discord.style]`: the emoji the bot reacts with.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct DiscordStyle {
+    /// Added when a request is accepted.
+    pub ack_emoji: String,
+    /// Shown while the job runs.
+    pub in_prog_emoji: String,
+    /// Added when the job is done (and after `--help`).
+    pub done_emoji: String,
+}
+
+impl Default for DiscordStyle {
+    fn default() -> Self {
+        Self {
+            ack_emoji: "👍".to_owned(),
+            in_prog_emoji: "⏱️".to_owned(),
+            done_emoji: "💯".to_owned(),
+        }
+    }
+}
+
+/// `[misc_settings]`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct MiscSettings {
+    /// Directory of the daily-rotated `easel.log` files (7 kept).
+    pub log_dir: String,
+}
+
+impl Default for MiscSettings {
+    fn default() -> Self {
+        Self {
+            log_dir: "logs".to_owned(),
+        }
+    }
+}
+
+/// `[database]`.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct Database {
+    /// `sqlite://FILE`, `mysql://…` / `mariadb://…`, or `postgres://…`.
+    pub url: String,
+}
+
+impl Default for Database {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://easel.db".to_owned(),
+        }
+    }
+}
+
+impl fmt::Debug for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Database")
+            .field("url", &redact_url(&self.url))
+            .finish()
+    }
+}
+
+/// `[api]`: the Navigator-compatible HTTP API.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct Api {
+    /// Address the listeners bind to.
+    pub bind: String,
+    /// HTTP API port (env `HTTP_API_PORT`).
+    pub http_port: u16,
+    /// Realtime (socket.io) port (env `RT_API_PORT`).
+    pub rt_port: u16,
+    /// Static superuser credential sent raw in `Authorization` (env `SUPERUSER_ADMIN_TOKEN`).
+    /// Empty: a random one is generated at start and written to `superuser_token_file`.
+    pub superuser_token: String,
+    /// Where a generated superuser token is written (mode 0600).
+    pub superuser_token_file: String,
+    /// HS256 secret for JWTs (env `SECRET_KEY`); empty: only the superuser token is accepted.
+    pub secret_key: String,
+    /// Largest `width * height` accepted (env `IMAGE_PIXEL_LIMIT`).
+    pub image_pixel_limit: u64,
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1".to_owned(),
+            http_port: 3333,
+            rt_port: 3334,
+            superuser_token: String::new(),
+            superuser_token_file: "easel-superuser.token".to_owned(),
+            secret_key: String::new(),
+            image_pixel_limit: 3_686_400,
+        }
+    }
+}
+
+impl fmt::Debug for Api {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Api")
+            .field("bind", &self.bind)
+            .field("http_port", &self.http_port)
+            .field("rt_port", &self.rt_port)
+            .field("superuser_token", &Redacted(&self.superuser_token))
+            .field("superuser_token_file", &self.superuser_token_file)
+            .field("secret_key", &Redacted(&self.secret_key))
+            .field("image_pixel_limit", &self.image_pixel_limit)
+            .finish()
+    }
+}
+
+/// `[simulated]`: the built-in backend that draws a PNG without a GPU.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct Simulated {
+    /// How many jobs it runs at once (0 turns it off).
+    pub workers: u32,
+    /// Delay per sampling step, in milliseconds.
+    pub step_ms: u64,
+}
+
+impl Default for Simulated {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            step_ms: 20,
+        }
+    }
+}
+
+/// Prints `<set>`/`<empty>` instead of a secret.
+struct Redacted<'a>(&'a str);
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "<empty>"
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+/// A database URL with its password replaced, for logs.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("<redacted>"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A configuration that cannot be used; `Display` is the one line shown to the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config error: cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("config error: {path}: invalid TOML at line {line}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the error.
+        line: usize,
+        /// The parser's message.
+        message: String,
+    },
+    /// A key (or section) that easel does not know.
+    #[error("config error: unknown {what} `{key}`{suggestion}")]
+    UnknownKey {
+        /// `key` or `section`.
+        what: &'static str,
+        /// Dotted path of the key.
+        key: String,
+        /// `" (did you mean `x`?)"` or a list of the known keys.
+        suggestion: String,
+    },
+    /// A key whose value has the wrong type or is out of range.
+    #[error("config error: `{key}`: found {found}, expected {expected}")]
+    Invalid {
+        /// Dotted path of the key (or the environment variable).
+        key: String,
+        /// What was there.
+        found: String,
+        /// What would have been accepted.
+        expected: String,
+    },
+}
+
+impl Config {
+    /// Reads `path`; a missing file at the default location means "all defaults".
+    pub fn load(path: &Path, must_exist: bool) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && !must_exist => String::new(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        let mut config = Self::parse(&text, path)?;
+        config.apply_env(|name| std::env::var(name).ok())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses the text of a config file (no environment, no validation).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let table: toml::Table = toml::from_str(text).map_err(|err| {
+            let line = err
+                .span()
+                .map(|span| text[..span.start.min(text.len())].lines().count().max(1))
+                .unwrap_or(0);
+            ConfigError::Syntax {
+                path: path.to_owned(),
+                line,
+                message: err.message().trim().to_owned(),
+            }
+        })?;
+        Self::from_table(table)
+    }
+
+    fn from_table(table: toml::Table) -> Result<Self, ConfigError> {
+        let known = toml::Table::try_from(Config::default()).expect("defaults serialize");
+        check_unknown_keys(&table, &known, "")?;
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|err| {
+            let key = err.path().to_string();
+            invalid_from_serde(&key, &err.into_inner().to_string())
+        })
+    }
+
+    /// Applies Navigator's and easel's environment variables on top of the file.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get("SUPERUSER_ADMIN_TOKEN").filter(|v| !v.is_empty()) {
+            self.api.superuser_token = v;
+        }
+        if let Some(v) = get("SECRET_KEY").filter(|v| !v.is_empty()) {
+            self.api.secret_key = v;
+        }
+        if let Some(v) = get("DISCORD_BOT_TOKEN").filter(|v| !v.is_empty()) {
+            self.auth.discord_token = v;
+        }
+        if let Some(v) = get("DATABASE_URL").filter(|v| !v.is_empty()) {
+            self.database.url = v;
+        }
+        if let Some(v) = get("HTTP_API_PORT") {
+            self.api.http_port = env_number(&v, "HTTP_API_PORT", "a port number (0-65535)")?;
+        }
+        if let Some(v) = get("RT_API_PORT") {
+            self.api.rt_port = env_number(&v, "RT_API_PORT", "a port number (0-65535)")?;
+        }
+        if let Some(v) = get("IMAGE_PIXEL_LIMIT") {
+            self.api.image_pixel_limit =
+                env_number(&v, "IMAGE_PIXEL_LIMIT", "a positive whole number of pixels")?;
+        }
+        Ok(())
+    }
+
+    /// Checks values whose type is right but whose content is not usable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        crate::store::DatabaseKind::from_url(&self.database.url).map_err(|expected| {
+            ConfigError::Invalid {
+                key: "database.url".to_owned(),
+                found: format!("{:?}", redact_url(&self.database.url)),
+                expected: expected.to_owned(),
+            }
+        })?;
+        if self.api.image_pixel_limit == 0 {
+            return Err(ConfigError::Invalid {
+                key: "api.image_pixel_limit".to_owned(),
+                found: "0".to_owned(),
+                expected: "a positive number of pixels".to_owned(),
+            });
+        }
+        if self.api.bind.parse::<std::net::IpAddr>().is_err() {
+            return Err(ConfigError::Invalid {
+                key: "api.bind".to_owned(),
+                found: format!("{:?}", self.api.bind),
+                expected: "an IP address such as \"127.0.0.1\" or \"0.0.0.0\"".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether a real Discord token is configured.
+    pub fn discord_enabled(&self) -> bool {
+        let token = self.auth.discord_token.trim();
+        !token.is_empty() && token != PLACEHOLDER_DISCORD_TOKEN && token != "XXXX"
+    }
+}
+
+fn env_number<T: std::str::FromStr>(
+    value: &str,
+    name: &str,
+    expected: &str,
+) -> Result<T, ConfigError> {
+    value.trim().parse().map_err(|_| ConfigError::Invalid {
+        key: format!("environment variable {name}"),
+        found: format!("{value:?}"),
+        expected: expected.to_owned(),
+    })
+}
+
+/// Walks the user's table against the default one (which lists every known key).
+fn check_unknown_keys(
+    table: &toml::Table,
+    known: &toml::Table,
+    prefix: &str,
+) -> Result<(), ConfigError> {
+    for (key, value) in table {
+        let dotted = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match known.get(key) {
+            None => {
+                let what = if value.is_table() { "section" } else { "key" };
+                return Err(ConfigError::UnknownKey {
+                    what,
+                    key: dotted,
+                    suggestion: suggest(key, known),
+                });
+            }
+            Some(toml::Value::Table(inner)) => {
+                if let toml::Value::Table(user_inner) = value {
+                    check_unknown_keys(user_inner, inner, &dotted)?;
+                }
+                // A non-table where a table belongs is a type error, reported by serde below.
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn suggest(key: &str, known: &toml::Table) -> String {
+    let best = known
+        .keys()
+        .map(|k| (strsim::jaro_winkler(key, k), k))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match best {
+        Some((score, name)) if score >= 0.8 => format!(" (did you mean `{name}`?)"),
+        _ => {
+            let names: Vec<&str> = known.keys().map(String::as_str).collect();
+            format!(" (known here: {})", names.join(", "))
+        }
+    }
+}
+
+/// Turns serde's `invalid type: string "x", expected u16` into the one-line error for `key`.
+fn invalid_from_serde(key: &str, message: &str) -> ConfigError {
+    let message = message.lines().next().unwrap_or_default().trim();
+    let (found, expected) = match message.split_once(", expected ") {
+        Some((found, expected)) => (
+            found
+                .trim_start_matches("invalid type: ")
+                .trim_start_matches("invalid value: ")
+                .to_owned(),
+            humanize_expected(expected),
+        ),
+        None => (message.to_owned(), "a valid value".to_owned()),
+    };
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        found,
+        expected,
+    }
+}
+
+fn humanize_expected(expected: &str) -> String {
+    match expected {
+        "u16" => "a port number (0-65535)".to_owned(),
+        "u32" | "u64" => "a non-negative whole number".to_owned(),
+        "a string" => "a string".to_owned(),
+        "a sequence" => "a list of strings".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("config.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn typo_suggests_closest_key() {
+        let err = parse("[api]\nhtp_port = 1\n").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "config error: unknown key `api.htp_port` (did you mean `http_port`?)"
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let err = parse("[api]\nhttp_port = \"abc\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`api.http_port`"), "{err}");
+        assert!(err.contains("string \"abc\""), "{err}");
+        assert!(err.contains("port number"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_and_rejects_garbage() {
+        let mut config = Config::default();
+        config
+            .apply_env(|k| (k == "HTTP_API_PORT").then(|| "4000".to_owned()))
+            .unwrap();
+        assert_eq!(config.api.http_port, 4000);
+        let err = config
+            .apply_env(|k| (k == "IMAGE_PIXEL_LIMIT").then(|| "lots".to_owned()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("IMAGE_PIXEL_LIMIT"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_not_debug_printed() {
+        let mut config = Config::default();
+        config.api.secret_key = "hunter2".into();
+        config.auth.discord_token = "tok".into();
+        config.database.url = "postgres://u:pw@h/db".into();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2") && !debug.contains("tok\"") && !debug.contains(":pw@"));
+    }
+}

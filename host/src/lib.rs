@@ -1,0 +1,20 @@
+//! easel: turns art requests into images; its policy lives in WebAssembly plugins.
+//!
+//! This crate is the `easel` binary's library. Each subsystem is one module that owns its
+//! data; they meet in the job service ([`jobs`]) and its events:
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`config`] | `config.toml`, environment overrides, validation |
+//! | [`store`] | SQLite / MariaDB / PostgreSQL storage and migrations |
+//! | [`jobs`] | the job model, durable queue and event stream |
+//! | [`sim`] | the simulated backend (draws a real PNG without a GPU) |
+//! | [`api`] | the Navigator-compatible HTTP API |
+//! | [`server`] | starting and stopping all of the above together |
+
+pub mod api;
+pub mod config;
+pub mod jobs;
+pub mod server;
+pub mod sim;
+pub mod store;

@@ -1,0 +1,164 @@
+//! The `easel` command line: `easel serve`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use easel::config::Config;
+
+#[derive(Parser)]
+#[command(name = "easel", version, about = "Turns art requests into images.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// The configuration file; a missing default file means "all defaults".
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// DEBUG, INFO, WARNING or ERROR (also accepts TRACE and WARN).
+        #[arg(
+            long = "logging-level",
+            alias = "logging_level",
+            default_value = "INFO"
+        )]
+        logging_level: String,
+    },
+}
+
+fn level_filter(level: &str) -> Option<&'static str> {
+    Some(match level.to_ascii_uppercase().as_str() {
+        "TRACE" => "trace",
+        "DEBUG" => "debug",
+        "INFO" => "info",
+        "WARN" | "WARNING" => "warn",
+        "ERROR" | "CRITICAL" => "error",
+        _ => return None,
+    })
+}
+
+/// stderr plus a daily-rotated `<log_dir>/easel.YYYY-MM-DD.log`, 7 kept.
+fn init_logging(
+    level: &'static str,
+    log_dir: &str,
+) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    let filter = || EnvFilter::new(format!("{level},sqlx=warn,tower_http=info"));
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .with_filter(filter());
+    let dir = if log_dir.trim().is_empty() {
+        "logs"
+    } else {
+        log_dir
+    };
+    let appender = std::fs::create_dir_all(dir)
+        .map_err(|err| err.to_string())
+        .and_then(|()| {
+            tracing_appender::rolling::Builder::new()
+                .rotation(tracing_appender::rolling::Rotation::DAILY)
+                .filename_prefix("easel")
+                .filename_suffix("log")
+                .max_log_files(7)
+                .build(dir)
+                .map_err(|err| err.to_string())
+        });
+    match appender {
+        Ok(appender) => {
+            let (writer, guard) = tracing_appender::non_blocking(appender);
+            let file = tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(writer)
+                .with_filter(filter());
+            tracing_subscriber::registry()
+                .with(stderr)
+                .with(file)
+                .init();
+            if log_dir.trim().is_empty() {
+                tracing::warn!("[misc_settings] log_dir is empty; logging to logs/");
+            }
+            Some(guard)
+        }
+        Err(err) => {
+            tracing_subscriber::registry().with(stderr).init();
+            tracing::warn!(dir, error = %err, "cannot write log files; logging to stderr only");
+            None
+        }
+    }
+}
+
+use tracing_subscriber::Layer;
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let term = async {
+            match term.as_mut() {
+                Some(term) => {
+                    term.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            logging_level,
+        } => {
+            let Some(level) = level_filter(&logging_level) else {
+                eprintln!(
+                    "error: --logging-level: found {logging_level:?}, expected one of DEBUG, INFO, WARNING, ERROR"
+                );
+                return ExitCode::from(2);
+            };
+            let must_exist = config.is_some();
+            let path = config.unwrap_or_else(|| PathBuf::from("config.toml"));
+            let config = match Config::load(&path, must_exist) {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("{err}");
+                    return ExitCode::from(2);
+                }
+            };
+            let _guard = init_logging(level, &config.misc_settings.log_dir);
+            tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "starting easel");
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot start the async runtime");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(easel::server::run(config, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!("{err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Starting and stopping the server: store, job service, backends and front ends, in that
+//! order, and a clean stop on Ctrl-C / SIGTERM.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::api::{self, AppState, Authenticator};
+use crate::config::{Config, redact_url};
+use crate::jobs::JobService;
+use crate::sim;
+use crate::store::Store;
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The database could not be opened or migrated.
+    #[error("cannot open the database {url}: {source}")]
+    Store {
+        /// The URL, password redacted.
+        url: String,
+        /// Why.
+        source: crate::store::StoreError,
+    },
+    /// Recovering jobs of a previous run failed.
+    #[error("cannot recover jobs of the previous run: {0}")]
+    Recover(#[from] crate::jobs::JobError),
+    /// A listener could not be bound or failed.
+    #[error("HTTP listener on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The superuser token file could not be written.
+    #[error("cannot write the superuser token to {path}: {source}")]
+    TokenFile {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The name this process claims jobs under: jobs it left running are requeued at its next
+/// start. Hosts sharing one database must have different names.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "easel".to_owned())
+}
+
+/// The superuser token: the configured one, else the one in `token_file`, else a new random
+/// one written there (mode 0600). The token itself is never logged.
+fn superuser_token(config: &Config) -> Result<String, ServeError> {
+    if !config.api.superuser_token.is_empty() {
+        return Ok(config.api.superuser_token.clone());
+    }
+    let path = Path::new(&config.api.superuser_token_file);
+    if let Ok(existing) = std::fs::read_to_string(path) {
+        let existing = existing.trim();
+        if !existing.is_empty() {
+            tracing::info!(file = %path.display(), "superuser token read from file");
+            return Ok(existing.to_owned());
+        }
+    }
+    let token = format!("{:032x}", rand::random::<u128>());
+    write_private(path, &token).map_err(|source| ServeError::TokenFile {
+        path: path.display().to_string(),
+        source,
+    })?;
+    tracing::info!(
+        file = %path.display(),
+        "no superuser token configured: generated one and wrote it to this file \
+         (send it raw in the Authorization header)"
+    );
+    Ok(token)
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.write_all(b"\n")
+}
+
+/// Runs the server until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let url = redact_url(&config.database.url);
+    let store = Store::connect(&config.database.url)
+        .await
+        .map_err(|source| ServeError::Store {
+            url: url.clone(),
+            source,
+        })?;
+    tracing::info!(database = %url, "store ready");
+    let store = Arc::new(store);
+    let host = host_name();
+    let jobs = Arc::new(JobService::new(store.clone(), host.clone()));
+    jobs.recover().await?;
+
+    if config.discord_enabled() {
+        tracing::warn!("a Discord token is set, but this build has no Discord front end yet");
+    } else {
+        tracing::info!(
+            "Discord front end off: set [auth] discord_token in config.toml (or DISCORD_BOT_TOKEN) to turn it on"
+        );
+    }
+    if config.api.secret_key.is_empty() {
+        tracing::info!(
+            "JWT authentication off: set [api] secret_key (or SECRET_KEY) to accept Bearer tokens"
+        );
+    }
+    let superuser = superuser_token(&config)?;
+
+    let mut backends = sim::spawn(
+        jobs.clone(),
+        config.simulated.workers,
+        Duration::from_millis(config.simulated.step_ms),
+    );
+    if config.simulated.workers == 0 {
+        tracing::warn!(
+            "simulated backend off ([simulated] workers = 0) and no other backend exists yet: jobs will wait"
+        );
+    } else {
+        tracing::info!(
+            workers = config.simulated.workers,
+            step_ms = config.simulated.step_ms,
+            "simulated backend running"
+        );
+    }
+
+    let addr = format!("{}:{}", config.api.bind, config.api.http_port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: addr.clone(),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| ServeError::Listen {
+        addr: addr.clone(),
+        source,
+    })?;
+    tracing::info!(address = %local, host = %host, "HTTP API listening");
+    let state = AppState {
+        jobs: jobs.clone(),
+        auth: Authenticator::new(&superuser, &config.api.secret_key),
+        image_pixel_limit: config.api.image_pixel_limit,
+    };
+    let served = api::serve(listener, state, shutdown).await;
+
+    // Stop the backends; whatever they were running goes back to the queue now rather than at
+    // the next start.
+    backends.shutdown().await;
+    match store
+        .requeue_running(&host, "host stopped while the job was running")
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(jobs = n, "requeued running jobs at shutdown"),
+        Err(err) => tracing::error!(error = %err, "could not requeue running jobs at shutdown"),
+    }
+    store.close().await;
+    tracing::info!("stopped");
+    served.map_err(|source| ServeError::Listen { addr, source })
+}
