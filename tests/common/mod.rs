@@ -1,0 +1,353 @@
+//! Shared test helpers: a fresh database per test on each engine, and the real `easel` binary
+//! as a child process on free ports.
+//!
+//! Database servers come from env vars with the machine defaults:
+//! `EASEL_TEST_MYSQL_URL` (`mysql://root@127.0.0.1:3306/test`) and `EASEL_TEST_POSTGRES_URL`
+//! (`postgres://postgres@127.0.0.1:5432/test`). Each test creates its own database there and
+//! drops it at the end. A missing server fails the test with its name; someone without those
+//! servers opts out with `EASEL_TEST_SKIP_DATABASES=mysql,postgres`, and each skipped test says
+//! so loudly on stderr.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The three engines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    MySql,
+    Postgres,
+}
+
+impl Engine {
+    fn name(self) -> &'static str {
+        match self {
+            Engine::Sqlite => "sqlite",
+            Engine::MySql => "mysql",
+            Engine::Postgres => "postgres",
+        }
+    }
+
+    fn admin_url(self) -> String {
+        match self {
+            Engine::Sqlite => String::new(),
+            Engine::MySql => std::env::var("EASEL_TEST_MYSQL_URL")
+                .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into()),
+            Engine::Postgres => std::env::var("EASEL_TEST_POSTGRES_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+        }
+    }
+
+    fn skipped(self) -> bool {
+        std::env::var("EASEL_TEST_SKIP_DATABASES")
+            .unwrap_or_default()
+            .split(',')
+            .any(|s| s.trim().eq_ignore_ascii_case(self.name()))
+    }
+}
+
+/// A database of its own for one test; dropped (server side) on [`TestDb::cleanup`] or drop.
+pub struct TestDb {
+    pub engine: Engine,
+    pub url: String,
+    name: String,
+    admin_url: String,
+    _dir: Option<tempfile::TempDir>,
+    cleaned: bool,
+}
+
+fn unique_name() -> String {
+    format!(
+        "easel_t{}_{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (url, String::new()),
+    };
+    let base = base.rsplit_once('/').map_or(base, |(head, _)| head);
+    format!("{base}/{db}{query}")
+}
+
+impl TestDb {
+    /// A fresh database, or `None` (with a loud line) if the engine was opted out.
+    pub async fn create(engine: Engine) -> Option<TestDb> {
+        if engine.skipped() {
+            eprintln!(
+                "!!! SKIPPED: {} tests (EASEL_TEST_SKIP_DATABASES is set); this run does NOT cover {}",
+                engine.name(),
+                engine.name()
+            );
+            return None;
+        }
+        let name = unique_name();
+        match engine {
+            Engine::Sqlite => {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let url = format!("sqlite://{}", dir.path().join("easel.db").display());
+                Some(TestDb {
+                    engine,
+                    url,
+                    name,
+                    admin_url: String::new(),
+                    _dir: Some(dir),
+                    cleaned: true,
+                })
+            }
+            Engine::MySql | Engine::Postgres => {
+                let admin_url = engine.admin_url();
+                admin_exec(engine, &admin_url, &format!("CREATE DATABASE {name}")).await;
+                Some(TestDb {
+                    engine,
+                    url: with_database(&admin_url, &name),
+                    name,
+                    admin_url,
+                    _dir: None,
+                    cleaned: false,
+                })
+            }
+        }
+    }
+
+    /// Drops the database.
+    pub async fn cleanup(mut self) {
+        self.drop_now().await;
+    }
+
+    async fn drop_now(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        self.cleaned = true;
+        let sql = match self.engine {
+            Engine::Postgres => format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            _ => format!("DROP DATABASE IF EXISTS {}", self.name),
+        };
+        admin_exec(self.engine, &self.admin_url, &sql).await;
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        // A test that panicked still removes its database, from a thread of its own (we may be
+        // inside a runtime here).
+        let mut this = TestDb {
+            engine: self.engine,
+            url: self.url.clone(),
+            name: self.name.clone(),
+            admin_url: self.admin_url.clone(),
+            _dir: None,
+            cleaned: false,
+        };
+        self.cleaned = true;
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(this.drop_now());
+        })
+        .join();
+    }
+}
+
+async fn admin_exec(engine: Engine, admin_url: &str, sql: &str) {
+    use sqlx::Connection;
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    let result = match engine {
+        Engine::MySql => match sqlx::MySqlConnection::connect(admin_url).await {
+            Ok(mut conn) => sqlx::query(sql).execute(&mut conn).await.map(drop),
+            Err(err) => Err(err),
+        },
+        Engine::Postgres => match sqlx::PgConnection::connect(admin_url).await {
+            Ok(mut conn) => sqlx::query(sql).execute(&mut conn).await.map(drop),
+            Err(err) => Err(err),
+        },
+        Engine::Sqlite => Ok(()),
+    };
+    if let Err(err) = result {
+        panic!(
+            "the {} server at {admin_url} is needed by this test and failed: {err}\n\
+             (start it, point EASEL_TEST_{}_URL at one, or opt out with \
+             EASEL_TEST_SKIP_DATABASES={})",
+            engine.name(),
+            engine.name().to_uppercase(),
+            engine.name()
+        );
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `easel` binary under test.
+pub fn easel_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_easel")
+}
+
+/// A running `easel serve`, killed on drop. Its stderr is collected line by line.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+    pub token: String,
+    pub dir: PathBuf,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+/// How to start a server.
+pub struct ServerOptions<'a> {
+    pub db_url: &'a str,
+    pub dir: &'a Path,
+    pub step_ms: u64,
+    pub workers: u32,
+    pub secret_key: &'a str,
+}
+
+impl Server {
+    /// Starts `easel serve` in `dir` with a config file written there; waits until it answers.
+    pub async fn start(options: ServerOptions<'_>) -> Server {
+        let port = free_port();
+        let token = format!("test-superuser-{:08x}", rand::random::<u32>());
+        let config = format!(
+            "[database]\nurl = {:?}\n[api]\nhttp_port = {port}\nsecret_key = {:?}\n\
+             [simulated]\nworkers = {}\nstep_ms = {}\n[misc_settings]\nlog_dir = \"logs\"\n",
+            options.db_url, options.secret_key, options.workers, options.step_ms
+        );
+        std::fs::write(options.dir.join("config.toml"), config).unwrap();
+        let mut child = Command::new(easel_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(options.dir.join("config.toml"))
+            .current_dir(options.dir)
+            .env("SUPERUSER_ADMIN_TOKEN", &token)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start easel");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let server = Server {
+            child,
+            port,
+            token,
+            dir: options.dir.to_owned(),
+            lines,
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let client = reqwest::Client::new();
+        while Instant::now() < deadline {
+            if client.get(self.url("/")).send().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("easel did not answer in 60 s; stderr:\n{}", self.stderr());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Everything the server wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Lines of stderr containing `needle`.
+    pub fn lines_with(&self, needle: &str) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Queues a txt2img job as the superuser; returns the job object.
+    pub async fn queue(&self, body: serde_json::Value) -> serde_json::Value {
+        let response = reqwest::Client::new()
+            .post(self.url("/api/queue/user/txt2img"))
+            .header("Authorization", &self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "queue failed");
+        response.json().await.unwrap()
+    }
+
+    /// Waits until `GET /api/images/{id}` returns a PNG; returns its bytes.
+    pub async fn wait_image(&self, id: &str, timeout: Duration) -> Vec<u8> {
+        let deadline = Instant::now() + timeout;
+        let client = reqwest::Client::new();
+        loop {
+            let response = client
+                .get(self.url(&format!("/api/images/{id}")))
+                .send()
+                .await
+                .unwrap();
+            if response.status() == 200 {
+                assert_eq!(response.headers()["content-type"], "image/png");
+                return response.bytes().await.unwrap().to_vec();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} did not finish in {timeout:?}; stderr:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Decodes a PNG; returns (width, height).
+pub fn png_size(bytes: &[u8]) -> (u32, u32) {
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let mut reader = decoder.read_info().expect("a PNG header");
+    let mut buf = vec![0; reader.output_buffer_size().expect("buffer size")];
+    let info = reader.next_frame(&mut buf).expect("PNG image data decodes");
+    (info.width, info.height)
+}
