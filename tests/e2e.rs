@@ -1,1 +1,384 @@
+//! End to end: the real `easel` binary on free ports, driven over HTTP.
 
+mod common;
+
+use std::time::Duration;
+
+use common::{Server, ServerOptions, png_size};
+use jsonwebtoken::{EncodingKey, Header};
+use serde_json::{Value, json};
+
+const SECRET: &str = "e2e-secret-key";
+
+async fn start(dir: &std::path::Path, step_ms: u64) -> Server {
+    let url = format!("sqlite://{}", dir.join("easel.db").display());
+    Server::start(ServerOptions {
+        db_url: &url,
+        dir,
+        step_ms,
+        workers: 2,
+        secret_key: SECRET,
+    })
+    .await
+}
+
+fn jwt(discord_id: &str, exp_offset: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    jsonwebtoken::encode(
+        &Header::default(),
+        &json!({"discord_id": discord_id, "role": 1, "iat": now, "exp": now + exp_offset}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+async fn post(server: &Server, auth: Option<&str>, body: &str) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .post(server.url("/api/queue/user/txt2img"))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(auth) = auth {
+        request = request.header("Authorization", auth);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let value = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("answer is not JSON ({status}): {text}"));
+    (status, value)
+}
+
+#[tokio::test]
+async fn queue_jobs_and_fetch_pngs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), 2).await;
+    let client = reqwest::Client::new();
+
+    let root: Value = client
+        .get(server.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(root, json!({"message": "Hello World!", "status": "online"}));
+    let limits: Value = client
+        .get(server.url("/api/config/limits"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(limits, json!({"max_pixels": 3686400}));
+
+    let sizes = [(64u32, 48u32), (320, 200), (512, 512), (1024, 96)];
+    let mut jobs = Vec::new();
+    for (i, (w, h)) in sizes.iter().enumerate() {
+        let job = server
+            .queue(
+                json!({"model_name": "sdxl_base", "prompt": format!("fox {i}"),
+                          "width": w, "height": h, "steps": 5, "cfg_scale": 6.5}),
+            )
+            .await;
+        // Navigator's job object, in its key order.
+        let keys: Vec<&str> = job
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "type",
+                "model_name",
+                "prompt",
+                "owner_id",
+                "job_id",
+                "width",
+                "height",
+                "steps",
+                "hrf_steps",
+                "seed",
+                "cfg_scale",
+                "distilled_cfg",
+                "sampler_name",
+                "scheduler_name",
+                "denoising_strength",
+                "force_hr_fix",
+                "queue_size",
+                "task_type",
+                "status",
+                "origin",
+                "image_enhancements"
+            ]
+        );
+        assert_eq!(job["status"], "queued");
+        assert_eq!(job["origin"], "127.0.0.1");
+        assert_eq!(job["cfg_scale"], json!(6.5));
+        assert_eq!(job["seed"], json!(-1));
+        let id = job["job_id"].as_str().unwrap().to_owned();
+        assert!(id.len() == 8 && id.chars().all(|c| c.is_ascii_hexdigit()));
+        jobs.push((id, *w, *h));
+    }
+    for (id, w, h) in &jobs {
+        let png = server.wait_image(id, Duration::from_secs(60)).await;
+        assert_eq!(png_size(&png), (*w, *h), "job {id}");
+    }
+    // `.png` suffix works too; an unknown id is a JSON 404.
+    let with_suffix = client
+        .get(server.url(&format!("/api/images/{}.png", jobs[0].0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_suffix.status(), 200);
+    let missing = client
+        .get(server.url("/api/images/ffffffff"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(
+        missing.json::<Value>().await.unwrap(),
+        json!({"error": "Image not found"})
+    );
+}
+
+#[tokio::test]
+async fn same_request_same_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), 0).await;
+    let body = json!({"model_name": "m", "prompt": "a red fox", "seed": 1234,
+                      "width": 128, "height": 64, "steps": 2});
+    let a = server.queue(body.clone()).await;
+    let b = server.queue(body).await;
+    let a = server
+        .wait_image(a["job_id"].as_str().unwrap(), Duration::from_secs(30))
+        .await;
+    let b = server
+        .wait_image(b["job_id"].as_str().unwrap(), Duration::from_secs(30))
+        .await;
+    assert_eq!(a, b);
+}
+
+#[tokio::test]
+async fn auth_and_bad_input_get_json_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), 0).await;
+    let ok_body = r#"{"model_name":"m","prompt":"p","width":64,"height":64,"steps":1}"#;
+
+    assert_eq!(
+        post(&server, None, ok_body).await,
+        (401, json!({"message": "Unauthorized"}))
+    );
+    assert_eq!(
+        post(&server, Some("not-the-token"), ok_body).await,
+        (
+            401,
+            json!({"message": "Unauthorized", "error": "jwt must be provided"})
+        )
+    );
+    assert_eq!(
+        post(&server, Some("Bearer abc.def"), ok_body).await,
+        (
+            401,
+            json!({"message": "Unauthorized", "error": "jwt malformed"})
+        )
+    );
+    let expired = format!("Bearer {}", jwt("111", -3600));
+    assert_eq!(
+        post(&server, Some(&expired), ok_body).await,
+        (
+            401,
+            json!({"message": "Unauthorized", "error": "jwt expired"})
+        )
+    );
+    let forged = format!(
+        "Bearer {}",
+        jsonwebtoken::encode(
+            &Header::default(),
+            &json!({"discord_id": "111", "exp": 9999999999i64}),
+            &EncodingKey::from_secret(b"another secret"),
+        )
+        .unwrap()
+    );
+    assert_eq!(
+        post(&server, Some(&forged), ok_body).await,
+        (
+            401,
+            json!({"message": "Unauthorized", "error": "invalid signature"})
+        )
+    );
+    // A valid JWT for a user with no role is refused; with a role, accepted as that user.
+    let user = format!("Bearer {}", jwt("111", 3600));
+    assert_eq!(
+        post(&server, Some(&user), ok_body).await,
+        (
+            403,
+            json!({"message": "Forbidden", "error": "User is disabled", "error_code": "USER_DISABLED"})
+        )
+    );
+    let store = easel::store::Store::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("easel.db").display()
+    ))
+    .await
+    .unwrap();
+    store.set_user_role("111", 1).await.unwrap();
+    let (status, job) = post(&server, Some(&user), ok_body).await;
+    assert_eq!(status, 200, "{job}");
+    assert_eq!(job["owner_id"], "111");
+    // A category the user does not own.
+    let other = store.create_category("b3RoZXI=", "222").await.unwrap();
+    let (status, body) = post(
+        &server,
+        Some(&user),
+        &format!(r#"{{"model_name":"m","prompt":"p","categoryId":{other}}}"#),
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (
+            403,
+            json!({"error": "Category does not exist or you do not own it"})
+        )
+    );
+    store.close().await;
+
+    let su = server.token.clone();
+    let su = Some(su.as_str());
+    let (status, body) = post(&server, su, "{not json").await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().starts_with("Invalid JSON"),
+        "{body}"
+    );
+    assert_eq!(
+        post(&server, su, r#"{"prompt":"no model"}"#).await,
+        (400, json!({"error": "Missing required parameters"}))
+    );
+    assert_eq!(
+        post(&server, su, "").await,
+        (400, json!({"error": "Missing required parameters"}))
+    );
+    assert_eq!(
+        post(
+            &server,
+            su,
+            r#"{"model_name":"m","prompt":"p","width":4096,"height":4096}"#
+        )
+        .await,
+        (
+            400,
+            json!({"error": "The total value of (Width * Height) must not exceed 3686400"})
+        )
+    );
+    assert_eq!(
+        post(
+            &server,
+            su,
+            r#"{"model_name":"m","prompt":"p","steps":"many"}"#
+        )
+        .await,
+        (
+            400,
+            json!({"error": "Invalid value for steps: expected a number"})
+        )
+    );
+    let (status, body) = post(&server, su, "[1,2]").await;
+    assert_eq!(
+        (status, body),
+        (400, json!({"error": "Request body must be a JSON object"}))
+    );
+
+    // Unknown routes are JSON too.
+    let response = reqwest::get(server.url("/api/nothing")).await.unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"error": "Cannot GET /api/nothing"})
+    );
+
+    // Nothing of the above was queued except the two accepted jobs... and the log never shows
+    // a secret.
+    let log = server.stderr();
+    assert!(
+        !log.contains(&server.token),
+        "superuser token leaked into the log"
+    );
+    assert!(!log.contains(SECRET), "secret key leaked into the log");
+}
+
+#[tokio::test]
+async fn generated_superuser_token_is_written_not_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        format!("[api]\nhttp_port = {port}\n[simulated]\nstep_ms = 0\n"),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(common::easel_bin())
+        .args(["serve"])
+        .current_dir(dir.path())
+        .env_remove("SUPERUSER_ADMIN_TOKEN")
+        .env_remove("SECRET_KEY")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let token_file = dir.path().join("easel-superuser.token");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let client = reqwest::Client::new();
+    let job = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server never accepted the token"
+        );
+        if let Ok(token) = std::fs::read_to_string(&token_file) {
+            if let Ok(response) = client
+                .post(format!("http://127.0.0.1:{port}/api/queue/user/txt2img"))
+                .header("Authorization", token.trim())
+                .json(&json!({"model_name": "m", "prompt": "default db", "steps": 1, "width": 32, "height": 32}))
+                .send()
+                .await
+            {
+                assert_eq!(response.status(), 200);
+                break response.json::<Value>().await.unwrap();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let id = job["job_id"].as_str().unwrap();
+    let png = loop {
+        let response = client
+            .get(format!("http://127.0.0.1:{port}/api/images/{id}"))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 {
+            break response.bytes().await.unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(png_size(&png), (32, 32));
+    // The embedded default database is an SQLite file in the working directory.
+    assert!(dir.path().join("easel.db").exists());
+    child.kill().unwrap();
+    let output = child.wait_with_output().unwrap();
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains(token.trim()), "generated token was logged");
+    assert!(stderr.contains("Discord front end off"), "{stderr}");
+}

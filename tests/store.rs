@@ -38,18 +38,31 @@ async fn lifecycle(engine: Engine) {
     };
     let store = Arc::new(Store::connect(&db.url).await.expect("connect + migrate"));
     // Migrations are idempotent: a second connect on the same database works.
-    Store::connect(&db.url).await.expect("second connect").close().await;
+    Store::connect(&db.url)
+        .await
+        .expect("second connect")
+        .close()
+        .await;
 
     let jobs = JobService::new(store.clone(), "host-a");
     let mut events = jobs.subscribe();
     for i in 0..3 {
-        jobs.enqueue(&format!("job{i}"), "owner", Some("127.0.0.1"), &request(&format!("p{i}")))
-            .await
-            .unwrap();
+        jobs.enqueue(
+            &format!("job{i}"),
+            "owner",
+            Some("127.0.0.1"),
+            &request(&format!("p{i}")),
+        )
+        .await
+        .unwrap();
     }
     assert_eq!(jobs.queued().await.unwrap(), 3);
     // A duplicate id is refused and changes nothing.
-    assert!(jobs.enqueue("job0", "owner", None, &request("dup")).await.is_err());
+    assert!(
+        jobs.enqueue("job0", "owner", None, &request("dup"))
+            .await
+            .is_err()
+    );
 
     // FIFO claims.
     let first = jobs.claim("sim").await.unwrap().expect("a job");
@@ -60,14 +73,25 @@ async fn lifecycle(engine: Engine) {
     assert_eq!(second.id(), "job1");
 
     // Finishing stores the image once; a second finish of the same claim is refused.
-    assert!(jobs.finish(&first, "sim", b"png-bytes", "{}").await.unwrap());
+    assert!(
+        jobs.finish(&first, "sim", b"png-bytes", "{}")
+            .await
+            .unwrap()
+    );
     assert!(!jobs.finish(&first, "sim", b"other", "{}").await.unwrap());
-    assert_eq!(store.image_png("job0").await.unwrap().as_deref(), Some(&b"png-bytes"[..]));
+    assert_eq!(
+        store.image_png("job0").await.unwrap().as_deref(),
+        Some(&b"png-bytes"[..])
+    );
     assert_eq!(store.image_png("job1").await.unwrap(), None);
 
     // Requeue, then a stale claim cannot finish; the new claim can.
     assert!(jobs.requeue(&second, "worker went away").await.unwrap());
-    let third = jobs.claim("sim").await.unwrap().expect("requeued job first");
+    let third = jobs
+        .claim("sim")
+        .await
+        .unwrap()
+        .expect("requeued job first");
     assert_eq!((third.id(), third.attempt), ("job1", 2));
     assert!(!jobs.finish(&second, "sim", b"stale", "{}").await.unwrap());
     assert!(jobs.fail(&third, "model missing").await.unwrap());
@@ -76,7 +100,10 @@ async fn lifecycle(engine: Engine) {
     assert_eq!(row.last_error.as_deref(), Some("model missing"));
 
     // Interrupt a queued job: it leaves the queue.
-    assert_eq!(jobs.interrupt("job2").await.unwrap(), Some(JobStatus::Queued));
+    assert_eq!(
+        jobs.interrupt("job2").await.unwrap(),
+        Some(JobStatus::Queued)
+    );
     assert_eq!(jobs.interrupt("job2").await.unwrap(), None);
     assert!(jobs.claim("sim").await.unwrap().is_none());
 
@@ -105,13 +132,24 @@ async fn interrupt_running(engine: Engine) {
     };
     let store = Arc::new(Store::connect(&db.url).await.unwrap());
     let jobs = JobService::new(store.clone(), "host-a");
-    jobs.enqueue("run1", "o", None, &request("p")).await.unwrap();
+    jobs.enqueue("run1", "o", None, &request("p"))
+        .await
+        .unwrap();
     let claim = jobs.claim("sim").await.unwrap().unwrap();
     assert!(jobs.progress(&claim, 1, 3).is_ok());
-    assert_eq!(jobs.interrupt("run1").await.unwrap(), Some(JobStatus::Running));
-    assert!(jobs.progress(&claim, 2, 3).is_err(), "backend is told to stop");
+    assert_eq!(
+        jobs.interrupt("run1").await.unwrap(),
+        Some(JobStatus::Running)
+    );
+    assert!(
+        jobs.progress(&claim, 2, 3).is_err(),
+        "backend is told to stop"
+    );
     assert!(!jobs.finish(&claim, "sim", b"late", "{}").await.unwrap());
-    assert_eq!(store.job("run1").await.unwrap().unwrap().status(), JobStatus::Interrupted);
+    assert_eq!(
+        store.job("run1").await.unwrap().unwrap().status(),
+        JobStatus::Interrupted
+    );
     store.close().await;
     db.cleanup().await;
 }
@@ -129,8 +167,14 @@ async fn recovery_is_per_host(engine: Engine) {
     let claim_b = b.claim("sim").await.unwrap().unwrap();
     // host-a restarts: only its own running job goes back to the queue.
     assert_eq!(a.recover().await.unwrap(), 1);
-    assert_eq!(store.job("a1").await.unwrap().unwrap().status(), JobStatus::Queued);
-    assert_eq!(store.job("b1").await.unwrap().unwrap().status(), JobStatus::Running);
+    assert_eq!(
+        store.job("a1").await.unwrap().unwrap().status(),
+        JobStatus::Queued
+    );
+    assert_eq!(
+        store.job("b1").await.unwrap().unwrap().status(),
+        JobStatus::Running
+    );
     assert!(b.finish(&claim_b, "sim", b"x", "{}").await.unwrap());
     let again = a.claim("sim").await.unwrap().unwrap();
     assert_eq!((again.id(), again.attempt), ("a1", 2));
@@ -167,10 +211,12 @@ async fn concurrent_claims(engine: Engine) {
             let host = format!("host-{h}");
             let mut mine = Vec::new();
             while let Some(row) = store.claim_job(&host, "sim").await.unwrap() {
-                assert!(store
-                    .finish_job(&row.id, row.attempts, &image(b"png"))
-                    .await
-                    .unwrap());
+                assert!(
+                    store
+                        .finish_job(&row.id, row.attempts, &image(b"png"))
+                        .await
+                        .unwrap()
+                );
                 mine.push(row.id);
             }
             store.close().await;
@@ -184,7 +230,10 @@ async fn concurrent_claims(engine: Engine) {
     let unique: HashSet<_> = all.iter().collect();
     assert_eq!(all.len(), JOBS, "every job claimed");
     assert_eq!(unique.len(), JOBS, "no job claimed twice");
-    assert_eq!(setup.count_jobs(JobStatus::Finished).await.unwrap(), JOBS as i64);
+    assert_eq!(
+        setup.count_jobs(JobStatus::Finished).await.unwrap(),
+        JOBS as i64
+    );
     assert!(setup.jobs().await.unwrap().iter().all(|j| j.attempts == 1));
     setup.close().await;
     db.cleanup().await;
@@ -203,7 +252,10 @@ async fn users_categories_models(engine: Engine) {
     assert!(store.category_owned_by(cat, "42").await.unwrap());
     assert!(!store.category_owned_by(cat, "43").await.unwrap());
     assert!(!store.category_owned_by(cat + 1000, "42").await.unwrap());
-    store.add_model("sdxl_base", Some("SDXL"), false).await.unwrap();
+    store
+        .add_model("sdxl_base", Some("SDXL"), false)
+        .await
+        .unwrap();
     store.add_model("secret", None, true).await.unwrap();
     assert_eq!(
         store.models().await.unwrap(),

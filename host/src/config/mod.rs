@@ -37,11 +37,19 @@ pub struct Config {
 }
 
 /// `[auth]`.
-#[derive(Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default)]
 pub struct Auth {
     /// The bot token; the placeholder `"XXX"` (or an empty string) keeps Discord off.
     pub discord_token: String,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Self {
+            discord_token: PLACEHOLDER_DISCORD_TOKEN.to_owned(),
+        }
+    }
 }
 
 impl fmt::Debug for Auth {
