@@ -11,8 +11,10 @@
 //! | [`sim`] | the simulated backend (draws a real PNG without a GPU) |
 //! | [`api`] | the Navigator-compatible HTTP API |
 //! | [`server`] | starting and stopping all of the above together |
+//! | [`bench`] | `easel bench`: measurements against a same-run baseline |
 
 pub mod api;
+pub mod bench;
 pub mod config;
 pub mod jobs;
 pub mod server;

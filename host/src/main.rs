@@ -32,6 +32,30 @@ enum Command {
         )]
         logging_level: String,
     },
+    /// Measure easel against a baseline taken in the same run.
+    Bench {
+        #[command(subcommand)]
+        what: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Job pipeline throughput and queue-to-start latency (simulated backend).
+    Jobs {
+        /// Jobs per phase.
+        #[arg(long, default_value_t = 2000)]
+        jobs: usize,
+        /// Simulated workers in the pipeline phase.
+        #[arg(long, default_value_t = 4)]
+        workers: u32,
+        /// Side of the square images drawn.
+        #[arg(long, default_value_t = 64)]
+        size: u32,
+        /// Database URL (default: a temporary SQLite file).
+        #[arg(long)]
+        database: Option<String>,
+    },
 }
 
 fn level_filter(level: &str) -> Option<&'static str> {
@@ -124,6 +148,30 @@ async fn shutdown_signal() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench {
+            what:
+                Bench::Jobs {
+                    jobs,
+                    workers,
+                    size,
+                    database,
+                },
+        } => {
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            let options = easel::bench::BenchOptions {
+                jobs,
+                workers,
+                database,
+                size,
+            };
+            match runtime.block_on(easel::bench::run(options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("bench failed: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve {
             config,
             logging_level,
