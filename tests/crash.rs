@@ -41,6 +41,7 @@ async fn crash_and_restart(engine: Engine) {
         step_ms: 15,
         workers: 2,
         secret_key: "",
+        ..ServerOptions::default()
     };
 
     let mut first = Server::start(options()).await;

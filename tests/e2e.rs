@@ -18,6 +18,7 @@ async fn start(dir: &std::path::Path, step_ms: u64) -> Server {
         step_ms,
         workers: 2,
         secret_key: SECRET,
+        ..ServerOptions::default()
     })
     .await
 }
@@ -320,7 +321,7 @@ async fn generated_superuser_token_is_written_not_logged() {
     let port = common::free_port();
     std::fs::write(
         dir.path().join("config.toml"),
-        format!("[api]\nhttp_port = {port}\n[simulated]\nstep_ms = 0\n"),
+        format!("[api]\nhttp_port = {port}\n[simulated]\nstep_ms = 0\n[workers]\nbind = \"\"\n"),
     )
     .unwrap();
     let mut child = std::process::Command::new(common::easel_bin())

@@ -213,7 +213,7 @@ async fn concurrent_claims(engine: Engine) {
             while let Some(row) = store.claim_job(&host, "sim").await.unwrap() {
                 assert!(
                     store
-                        .finish_job(&row.id, row.attempts, &image(b"png"))
+                        .finish_job(&row.id, Some(row.attempts), &image(b"png"))
                         .await
                         .unwrap()
                 );

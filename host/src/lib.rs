@@ -9,6 +9,7 @@
 //! | [`store`] | SQLite / MariaDB / PostgreSQL storage and migrations |
 //! | [`jobs`] | the job model, durable queue and event stream |
 //! | [`sim`] | the simulated backend (draws a real PNG without a GPU) |
+//! | [`workers`] | the ZeroMQ worker pool and the `easel worker` client |
 //! | [`api`] | the Navigator-compatible HTTP API |
 //! | [`server`] | starting and stopping all of the above together |
 //! | [`bench`] | `easel bench`: measurements against a same-run baseline |
@@ -20,3 +21,4 @@ pub mod jobs;
 pub mod server;
 pub mod sim;
 pub mod store;
+pub mod workers;

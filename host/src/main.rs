@@ -31,6 +31,37 @@ enum Command {
             default_value = "INFO"
         )]
         logging_level: String,
+        /// Port of the worker pool (overrides the port of `[workers] bind`).
+        #[arg(long = "host-port", alias = "host_port", value_name = "PORT")]
+        host_port: Option<u16>,
+    },
+    /// Run a worker that takes jobs from an easel (or Stably Discordant) host.
+    Worker {
+        /// The host's address.
+        #[arg(long = "host-ip", alias = "host_ip")]
+        host_ip: String,
+        /// The host's worker-pool port.
+        #[arg(long = "host-port", alias = "host_port", default_value_t = 5556)]
+        host_port: u16,
+        /// Where to draw: `sim` (simulated picture) or `forge` (a local Forge/A1111).
+        #[arg(long, value_parser = ["sim", "forge"], default_value = "sim")]
+        backend: String,
+        /// Forge's base URL (backend forge).
+        #[arg(long = "forge-url", default_value = "http://127.0.0.1:7860")]
+        forge_url: String,
+        /// Delay per step of the sim backend, in milliseconds.
+        #[arg(long = "step-ms", default_value_t = 20)]
+        step_ms: u64,
+        /// Name announced to the host (default: this machine's host name).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// DEBUG, INFO, WARNING or ERROR.
+        #[arg(
+            long = "logging-level",
+            alias = "logging_level",
+            default_value = "INFO"
+        )]
+        logging_level: String,
     },
     /// Measure easel against a baseline taken in the same run.
     Bench {
@@ -172,9 +203,54 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Worker {
+            host_ip,
+            host_port,
+            backend,
+            forge_url,
+            step_ms,
+            hostname,
+            logging_level,
+        } => {
+            let Some(level) = level_filter(&logging_level) else {
+                eprintln!(
+                    "error: --logging-level: found {logging_level:?}, expected one of DEBUG, INFO, WARNING, ERROR"
+                );
+                return ExitCode::from(2);
+            };
+            tracing_subscriber::fmt()
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_env_filter(EnvFilter::new(level))
+                .with_writer(std::io::stderr)
+                .init();
+            let backend = match backend.as_str() {
+                "forge" => easel::workers::client::Backend::Forge { url: forge_url },
+                _ => easel::workers::client::Backend::Sim {
+                    step: std::time::Duration::from_millis(step_ms),
+                },
+            };
+            let options = easel::workers::client::WorkerOptions {
+                endpoint: format!("tcp://{host_ip}:{host_port}"),
+                backend,
+                // Never on the command line (it would show in `ps`).
+                token: std::env::var("EASEL_WORKER_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty()),
+                hostname: hostname.unwrap_or_else(easel::server::host_name),
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match runtime.block_on(easel::workers::client::run(options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve {
             config,
             logging_level,
+            host_port,
         } => {
             let Some(level) = level_filter(&logging_level) else {
                 eprintln!(
@@ -185,7 +261,12 @@ fn main() -> ExitCode {
             let must_exist = config.is_some();
             let path = config.unwrap_or_else(|| PathBuf::from("config.toml"));
             let config = match Config::load(&path, must_exist) {
-                Ok(config) => config,
+                Ok(mut config) => {
+                    if let Some(port) = host_port {
+                        config.workers.bind = easel::config::with_port(&config.workers.bind, port);
+                    }
+                    config
+                }
                 Err(err) => {
                     eprintln!("{err}");
                     return ExitCode::from(2);

@@ -207,6 +207,7 @@ pub fn easel_bin() -> &'static str {
 pub struct Server {
     child: Child,
     pub port: u16,
+    pub pool_port: u16,
     pub token: String,
     pub dir: PathBuf,
     lines: Arc<Mutex<Vec<String>>>,
@@ -219,17 +220,42 @@ pub struct ServerOptions<'a> {
     pub step_ms: u64,
     pub workers: u32,
     pub secret_key: &'a str,
+    /// Extra keys of `[workers]` (the pool always binds a free port on 127.0.0.1).
+    pub workers_toml: &'a str,
+}
+
+impl Default for ServerOptions<'_> {
+    fn default() -> Self {
+        ServerOptions {
+            db_url: "",
+            dir: Path::new("."),
+            step_ms: 0,
+            workers: 1,
+            secret_key: "",
+            workers_toml: "",
+        }
+    }
 }
 
 impl Server {
     /// Starts `easel serve` in `dir` with a config file written there; waits until it answers.
     pub async fn start(options: ServerOptions<'_>) -> Server {
+        Self::start_with_pool_port(options, free_port()).await
+    }
+
+    /// Like [`Server::start`], with the worker pool on `pool_port`.
+    pub async fn start_with_pool_port(options: ServerOptions<'_>, pool_port: u16) -> Server {
         let port = free_port();
         let token = format!("test-superuser-{:08x}", rand::random::<u32>());
         let config = format!(
             "[database]\nurl = {:?}\n[api]\nhttp_port = {port}\nsecret_key = {:?}\n\
-             [simulated]\nworkers = {}\nstep_ms = {}\n[misc_settings]\nlog_dir = \"logs\"\n",
-            options.db_url, options.secret_key, options.workers, options.step_ms
+             [simulated]\nworkers = {}\nstep_ms = {}\n[misc_settings]\nlog_dir = \"logs\"\n\
+             [workers]\nbind = \"tcp://127.0.0.1:{pool_port}\"\n{}\n",
+            options.db_url,
+            options.secret_key,
+            options.workers,
+            options.step_ms,
+            options.workers_toml
         );
         std::fs::write(options.dir.join("config.toml"), config).unwrap();
         let mut child = Command::new(easel_bin())
@@ -254,6 +280,7 @@ impl Server {
         let server = Server {
             child,
             port,
+            pool_port,
             token,
             dir: options.dir.to_owned(),
             lines,

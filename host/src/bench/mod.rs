@@ -119,7 +119,7 @@ async fn run_on(url: &str, options: &BenchOptions) -> Result<(), BenchError> {
         store
             .finish_job(
                 &row.id,
-                row.attempts,
+                Some(row.attempts),
                 &NewImage {
                     png: &png,
                     info: "{}",

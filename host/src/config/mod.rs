@@ -34,6 +34,8 @@ pub struct Config {
     pub api: Api,
     /// `[simulated]`: the built-in simulated backend.
     pub simulated: Simulated,
+    /// `[workers]`: the ZeroMQ pool of volunteer GPU workers.
+    pub workers: Workers,
 }
 
 /// `[auth]`.
@@ -228,6 +230,50 @@ impl Default for Simulated {
     }
 }
 
+/// `[workers]`: the ZeroMQ ROUTER that volunteer workers connect to.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct Workers {
+    /// ZeroMQ endpoint to bind (`tcp://*:5556` like the seed); empty turns the pool off.
+    pub bind: String,
+    /// Shortest deadline of a dispatched job, in seconds.
+    pub deadline_min_s: f64,
+    /// Multiplies the size-dependent part of the deadline.
+    pub deadline_scale: f64,
+    /// Worker faults (deadline, lost worker) after which a job fails.
+    pub max_faults: u32,
+    /// When set, easel workers must send it in READY; seed workers cannot and are refused.
+    pub token: String,
+    /// Largest message accepted from a worker, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for Workers {
+    fn default() -> Self {
+        Self {
+            bind: "tcp://*:5556".to_owned(),
+            deadline_min_s: 150.0,
+            deadline_scale: 1.0,
+            max_faults: 2,
+            token: String::new(),
+            max_message_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl fmt::Debug for Workers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Workers")
+            .field("bind", &self.bind)
+            .field("deadline_min_s", &self.deadline_min_s)
+            .field("deadline_scale", &self.deadline_scale)
+            .field("max_faults", &self.max_faults)
+            .field("token", &Redacted(&self.token))
+            .field("max_message_bytes", &self.max_message_bytes)
+            .finish()
+    }
+}
+
 /// Prints `<set>`/`<empty>` instead of a secret.
 struct Redacted<'a>(&'a str);
 
@@ -239,6 +285,15 @@ impl fmt::Debug for Redacted<'_> {
             "<redacted>"
         })
     }
+}
+
+/// `endpoint` (`tcp://HOST:PORT`) with another port; an empty endpoint binds all interfaces.
+pub fn with_port(endpoint: &str, port: u16) -> String {
+    let host = endpoint
+        .strip_prefix("tcp://")
+        .and_then(|rest| rest.rsplit_once(':'))
+        .map_or("*", |(host, _)| host);
+    format!("tcp://{host}:{port}")
 }
 
 /// A database URL with its password replaced, for logs.
@@ -350,6 +405,9 @@ impl Config {
         if let Some(v) = get("DISCORD_BOT_TOKEN").filter(|v| !v.is_empty()) {
             self.auth.discord_token = v;
         }
+        if let Some(v) = get("EASEL_WORKER_TOKEN").filter(|v| !v.is_empty()) {
+            self.workers.token = v;
+        }
         if let Some(v) = get("DATABASE_URL").filter(|v| !v.is_empty()) {
             self.database.url = v;
         }
@@ -380,6 +438,32 @@ impl Config {
                 key: "api.image_pixel_limit".to_owned(),
                 found: "0".to_owned(),
                 expected: "a positive number of pixels".to_owned(),
+            });
+        }
+        if !self.workers.bind.is_empty() && !self.workers.bind.starts_with("tcp://") {
+            return Err(ConfigError::Invalid {
+                key: "workers.bind".to_owned(),
+                found: format!("{:?}", self.workers.bind),
+                expected:
+                    "a ZeroMQ TCP endpoint such as \"tcp://*:5556\" (or \"\" to turn the pool off)"
+                        .to_owned(),
+            });
+        }
+        if self.workers.max_faults == 0 {
+            return Err(ConfigError::Invalid {
+                key: "workers.max_faults".to_owned(),
+                found: "0".to_owned(),
+                expected: "at least 1".to_owned(),
+            });
+        }
+        if !(self.workers.deadline_min_s > 0.0 && self.workers.deadline_scale > 0.0) {
+            return Err(ConfigError::Invalid {
+                key: "workers.deadline_min_s / workers.deadline_scale".to_owned(),
+                found: format!(
+                    "{} / {}",
+                    self.workers.deadline_min_s, self.workers.deadline_scale
+                ),
+                expected: "positive numbers".to_owned(),
             });
         }
         if self.api.bind.parse::<std::net::IpAddr>().is_err() {

@@ -176,6 +176,17 @@ impl std::fmt::Debug for JobService {
     }
 }
 
+/// The size of a PNG, from its header; `None` if the bytes are not a PNG.
+pub fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+    if bytes.len() < 24 || &bytes[..8] != SIGNATURE || &bytes[12..16] != b"IHDR" {
+        return None;
+    }
+    let width = u32::from_be_bytes(bytes[16..20].try_into().ok()?);
+    let height = u32::from_be_bytes(bytes[20..24].try_into().ok()?);
+    (width > 0 && height > 0).then_some((width, height))
+}
+
 /// How long a backend waits for a wake-up before looking at the store again (jobs queued by
 /// another host sharing the database send no wake-up here).
 const IDLE_RECHECK: Duration = Duration::from_secs(1);
@@ -317,22 +328,53 @@ impl JobService {
         info: &str,
     ) -> Result<bool, JobError> {
         self.take_interrupt(claim.id());
+        self.store_result(claim, Some(claim.attempt), backend, png, info)
+            .await
+    }
+
+    /// A result that arrived after its claim expired: accepted if nobody finished the job yet
+    /// (it may be queued again or running elsewhere), dropped otherwise.
+    pub async fn finish_late(
+        &self,
+        claim: &Claim,
+        backend: &str,
+        png: &[u8],
+        info: &str,
+    ) -> Result<bool, JobError> {
+        self.store_result(claim, None, backend, png, info).await
+    }
+
+    async fn store_result(
+        &self,
+        claim: &Claim,
+        attempt: Option<i64>,
+        backend: &str,
+        png: &[u8],
+        info: &str,
+    ) -> Result<bool, JobError> {
+        // The stored size is the picture's own (a seed worker draws at its model's size).
+        let (width, height) = png_size(png).unwrap_or((claim.request.width, claim.request.height));
         let done = self
             .store
             .finish_job(
                 claim.id(),
-                claim.attempt,
+                attempt,
                 &NewImage {
                     png,
                     info,
-                    width: claim.request.width,
-                    height: claim.request.height,
+                    width,
+                    height,
                     category_id: claim.request.category_id,
                 },
             )
             .await?;
         if done {
-            tracing::info!(job_id = claim.id(), backend, "job finished");
+            tracing::info!(
+                job_id = claim.id(),
+                backend,
+                late = attempt.is_none(),
+                "job finished"
+            );
             self.emit(JobEvent::Finished {
                 job_id: claim.id().to_owned(),
                 backend: backend.to_owned(),
@@ -341,6 +383,45 @@ impl JobService {
             tracing::info!(job_id = claim.id(), backend, "stale result dropped");
         }
         Ok(done)
+    }
+
+    /// A worker fault (deadline passed, worker lost): the job is requeued, or fails once it has
+    /// had `max_faults` faults. Returns the job's new status (`None`: the claim was stale).
+    pub async fn fault(
+        &self,
+        claim: &Claim,
+        max_faults: u32,
+        reason: &str,
+    ) -> Result<Option<JobStatus>, JobError> {
+        self.take_interrupt(claim.id());
+        let status = self
+            .store
+            .fault_job(claim.id(), claim.attempt, i64::from(max_faults), reason)
+            .await?;
+        match status {
+            Some(JobStatus::Failed) => {
+                let error = format!("gave up after {max_faults} worker faults; last: {reason}");
+                tracing::warn!(job_id = claim.id(), error, "job failed");
+                self.emit(JobEvent::Failed {
+                    job_id: claim.id().to_owned(),
+                    error,
+                });
+            }
+            Some(_) => {
+                tracing::warn!(
+                    job_id = claim.id(),
+                    reason,
+                    "job requeued after a worker fault"
+                );
+                self.emit(JobEvent::Requeued {
+                    job_id: claim.id().to_owned(),
+                    reason: reason.to_owned(),
+                });
+                self.work.notify_one();
+            }
+            None => {}
+        }
+        Ok(status)
     }
 
     /// Fails the job for good.

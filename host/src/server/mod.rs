@@ -33,6 +33,9 @@ pub enum ServeError {
         /// Why.
         source: std::io::Error,
     },
+    /// The worker pool could not bind.
+    #[error(transparent)]
+    Workers(#[from] crate::workers::pool::BindError),
     /// The superuser token file could not be written.
     #[error("cannot write the superuser token to {path}: {source}")]
     TokenFile {
@@ -129,11 +132,17 @@ pub async fn run(
         config.simulated.workers,
         Duration::from_millis(config.simulated.step_ms),
     );
-    if config.simulated.workers == 0 {
-        tracing::warn!(
-            "simulated backend off ([simulated] workers = 0) and no other backend exists yet: jobs will wait"
-        );
+    let pool = if config.workers.bind.is_empty() {
+        tracing::info!("worker pool off ([workers] bind is empty)");
+        None
     } else {
+        Some(crate::workers::start(jobs.clone(), config.workers.clone()).await?)
+    };
+    if config.simulated.workers == 0 && pool.is_none() {
+        tracing::warn!(
+            "no backend: the simulated backend and the worker pool are both off; jobs will wait"
+        );
+    } else if config.simulated.workers > 0 {
         tracing::info!(
             workers = config.simulated.workers,
             step_ms = config.simulated.step_ms,
@@ -163,6 +172,9 @@ pub async fn run(
     // Stop the backends; whatever they were running goes back to the queue now rather than at
     // the next start.
     backends.shutdown().await;
+    if let Some(pool) = pool {
+        pool.shutdown().await;
+    }
     match store
         .requeue_running(&host, "host stopped while the job was running")
         .await

@@ -117,6 +117,8 @@ pub struct JobRow {
     pub status: String,
     /// How many times a backend claimed it.
     pub attempts: i64,
+    /// How many attempts ended in a worker fault (deadline, lost worker).
+    pub faults: i64,
     /// Why the last attempt failed.
     pub last_error: Option<String>,
     /// Who asked.
@@ -144,7 +146,7 @@ impl JobRow {
     }
 }
 
-const JOB_COLUMNS: &str = "id, kind, request, status, attempts, last_error, owner_id, origin, \
+const JOB_COLUMNS: &str = "id, kind, request, status, attempts, faults, last_error, owner_id, origin, \
      backend, claimed_by, created_at, updated_at, started_at, finished_at";
 
 /// A job to insert.
@@ -238,6 +240,38 @@ pub struct Store {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").field("kind", &self.kind).finish()
+    }
+}
+
+/// Whether `err` is a transient conflict between concurrent transactions (deadlock,
+/// serialization failure, lock wait timeout) that is safe to retry.
+fn is_transient(err: &StoreError) -> bool {
+    let StoreError::Database(sqlx::Error::Database(db)) = err else {
+        return false;
+    };
+    let code = db.code();
+    matches!(code.as_deref(), Some("40001" | "40P01"))
+        || db.message().contains("Deadlock found")
+        || db.message().contains("Lock wait timeout")
+}
+
+/// Runs `op` again (up to 5 times, with a short growing pause) while it fails with a transient
+/// conflict. Only for operations that are one transaction, so a failed try changed nothing.
+async fn retry_transient<T, F, Fut>(mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut tries = 0u32;
+    loop {
+        match op().await {
+            Err(err) if tries < 5 && is_transient(&err) => {
+                tries += 1;
+                tracing::debug!(error = %err, tries, "transient database conflict; retrying");
+                tokio::time::sleep(Duration::from_millis(u64::from(tries) * 5)).await;
+            }
+            other => return other,
+        }
     }
 }
 
@@ -380,6 +414,10 @@ impl Store {
     /// counter goes up. `None` when nothing is queued (or every queued row is locked by another
     /// host's claim).
     pub async fn claim_job(&self, host: &str, backend: &str) -> Result<Option<JobRow>> {
+        retry_transient(|| self.claim_job_once(host, backend)).await
+    }
+
+    async fn claim_job_once(&self, host: &str, backend: &str) -> Result<Option<JobRow>> {
         let now = now_ms();
         match &self.pool {
             Pool::Sqlite(pool) => {
@@ -407,11 +445,34 @@ impl Store {
     /// Marks a running job finished and stores its image, if `attempt` is still the current
     /// claim. Returns false (and changes nothing) when the job was requeued, interrupted or
     /// finished by someone else meanwhile.
-    pub async fn finish_job(&self, id: &str, attempt: i64, image: &NewImage<'_>) -> Result<bool> {
-        let update = self.sql(
-            "UPDATE jobs SET status = 'finished', finished_at = ?, updated_at = ?, last_error = NULL \
-             WHERE id = ? AND status = 'running' AND attempts = ?",
-        );
+    ///
+    /// With `attempt` `None` (a late result of an expired claim), the job is finished if it is
+    /// queued or running under any claim, that is, if nobody finished it yet.
+    pub async fn finish_job(
+        &self,
+        id: &str,
+        attempt: Option<i64>,
+        image: &NewImage<'_>,
+    ) -> Result<bool> {
+        retry_transient(|| self.finish_job_once(id, attempt, image)).await
+    }
+
+    async fn finish_job_once(
+        &self,
+        id: &str,
+        attempt: Option<i64>,
+        image: &NewImage<'_>,
+    ) -> Result<bool> {
+        let update = self.sql(match attempt {
+            Some(_) => {
+                "UPDATE jobs SET status = 'finished', finished_at = ?, updated_at = ?, last_error = NULL \
+                 WHERE id = ? AND status = 'running' AND attempts = ?"
+            }
+            None => {
+                "UPDATE jobs SET status = 'finished', finished_at = ?, updated_at = ?, last_error = NULL \
+                 WHERE id = ? AND status IN ('queued', 'running') AND ? IS NULL"
+            }
+        });
         let insert = self.sql(
             "INSERT INTO images (id, owner_id, png, info, width, height, category_id, created_at) \
              SELECT id, owner_id, ?, ?, ?, ?, ?, ? FROM jobs WHERE id = ?",
@@ -476,6 +537,60 @@ impl Store {
                 .rows_affected()
         });
         Ok(changed == 1)
+    }
+
+    /// Records a worker fault on the current claim: the job goes back to the queue, or fails
+    /// when this was fault number `max_faults`. Returns the new status, or `None` when the
+    /// claim is stale.
+    pub async fn fault_job(
+        &self,
+        id: &str,
+        attempt: i64,
+        max_faults: i64,
+        reason: &str,
+    ) -> Result<Option<JobStatus>> {
+        retry_transient(|| self.fault_job_once(id, attempt, max_faults, reason)).await
+    }
+
+    async fn fault_job_once(
+        &self,
+        id: &str,
+        attempt: i64,
+        max_faults: i64,
+        reason: &str,
+    ) -> Result<Option<JobStatus>> {
+        // `faults` is assigned last: MariaDB evaluates assignments left to right, PostgreSQL and
+        // SQLite see old values everywhere; so every engine reads the old `faults` above.
+        let update = self.sql(
+            "UPDATE jobs SET status = CASE WHEN faults + 1 >= ? THEN 'failed' ELSE 'queued' END, \
+             finished_at = CASE WHEN faults + 1 >= ? THEN ? ELSE NULL END, \
+             last_error = ?, updated_at = ?, faults = faults + 1 \
+             WHERE id = ? AND status = 'running' AND attempts = ?",
+        );
+        let select = self.sql("SELECT status FROM jobs WHERE id = ?");
+        let now = now_ms();
+        let status: Option<String> = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let changed = sqlx::query(update)
+                .bind(max_faults)
+                .bind(max_faults)
+                .bind(now)
+                .bind(reason)
+                .bind(now)
+                .bind(id)
+                .bind(attempt)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            let status = if changed == 1 {
+                sqlx::query_scalar(select).bind(id).fetch_optional(&mut *tx).await?
+            } else {
+                None
+            };
+            tx.commit().await?;
+            status
+        });
+        Ok(status.as_deref().and_then(JobStatus::parse))
     }
 
     /// Marks a queued or running job interrupted; returns the status it had, or `None` if it

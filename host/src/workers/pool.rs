@@ -1,0 +1,679 @@
+//! The host side: a ZeroMQ ROUTER, the table of workers, dispatch, deadlines and liveness.
+//!
+//! One task owns all pool state (no locks): it receives worker messages from a reader task,
+//! job events from the job service, and a 100 ms tick for deadlines and heartbeats. Dispatch is
+//! least-recently-ready first, one job per worker, jobs claimed from the durable store, and
+//! happens as soon as a job and a ready worker both exist (a queued event or a READY wakes it;
+//! no polling sleep).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::{broadcast, mpsc};
+use zeromq::{Socket, SocketEvent, SocketRecv, SocketSend, ZmqMessage};
+
+use super::protocol::{Capabilities, Control, ExtendedJob, Inbound, PROTOCOL, SeedJob, new_id_num};
+use crate::config::Workers as WorkersConfig;
+use crate::jobs::{Claim, JobEvent, JobService, png_size};
+
+/// Easel workers heartbeat every second; three missed and they are gone.
+const HEARTBEAT_GRACE: Duration = Duration::from_secs(3);
+/// How many expired claims are remembered for late results.
+const EXPIRED_MEMORY: usize = 10_000;
+
+/// Pool counters, shared with whoever wants to report them.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    /// Workers known (ready, busy or idle).
+    pub connected: AtomicU64,
+    /// Workers holding a job.
+    pub busy: AtomicU64,
+    /// Jobs sent to workers.
+    pub dispatched: AtomicU64,
+    /// Jobs put back in the queue after a fault.
+    pub requeued: AtomicU64,
+    /// Jobs that failed after too many faults.
+    pub failed: AtomicU64,
+    /// Results stored.
+    pub finished: AtomicU64,
+    /// Frames dropped as malformed.
+    pub dropped: AtomicU64,
+}
+
+impl PoolStats {
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One line for the log.
+    pub fn summary(&self) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "workers connected={} busy={} jobs dispatched={} finished={} requeued={} failed={} dropped_frames={}",
+            get(&self.connected),
+            get(&self.busy),
+            get(&self.dispatched),
+            get(&self.finished),
+            get(&self.requeued),
+            get(&self.failed),
+            get(&self.dropped)
+        )
+    }
+}
+
+/// A running pool; dropping it does not stop it — [`PoolHandle::shutdown`] does.
+#[derive(Debug)]
+pub struct PoolHandle {
+    /// The endpoint actually bound (port 0 resolved).
+    pub endpoint: String,
+    /// Counters.
+    pub stats: Arc<PoolStats>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PoolHandle {
+    /// Stops the pool; jobs held by workers stay running in the store and are requeued by
+    /// the host's shutdown (or next start).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Why the pool could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot bind the worker pool to {endpoint}: {source}")]
+pub struct BindError {
+    endpoint: String,
+    source: zeromq::ZmqError,
+}
+
+/// `tcp://*:N` (the seed's form) is `tcp://0.0.0.0:N` for the zeromq crate.
+fn normalise_endpoint(bind: &str) -> String {
+    bind.replacen("tcp://*:", "tcp://0.0.0.0:", 1)
+}
+
+fn is_loopback(endpoint: &str) -> bool {
+    let host = endpoint
+        .trim_start_matches("tcp://")
+        .rsplit_once(':')
+        .map_or("", |(host, _)| host)
+        .trim_matches(['[', ']']);
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The deadline of a dispatched job: AI Horde's rule with easel's knobs.
+pub fn deadline(config: &WorkersConfig, request: &crate::jobs::Txt2Img) -> Duration {
+    let pixels = f64::from(request.width) * f64::from(request.height);
+    let work = 30.0 + f64::from(request.steps) * 2.0 * pixels / (512.0 * 512.0);
+    Duration::from_secs_f64(config.deadline_min_s.max(work * config.deadline_scale))
+}
+
+/// Binds the ROUTER and starts the pool.
+pub async fn start(jobs: Arc<JobService>, config: WorkersConfig) -> Result<PoolHandle, BindError> {
+    let endpoint = normalise_endpoint(&config.bind);
+    let mut socket = zeromq::RouterSocket::new();
+    let monitor = socket.monitor();
+    let bound = socket.bind(&endpoint).await.map_err(|source| BindError {
+        endpoint: config.bind.clone(),
+        source,
+    })?;
+    let bound = bound.to_string();
+    if config.token.is_empty() && !is_loopback(&bound) {
+        tracing::warn!(
+            endpoint = %bound,
+            "worker pool listens beyond this machine without a token: anyone who can reach it can take jobs ([workers] token)"
+        );
+    }
+    tracing::info!(endpoint = %bound, "worker pool listening");
+    let (send, recv) = socket.split();
+    let (inbound_tx, inbound_rx) = mpsc::channel(4096);
+    let reader = tokio::spawn(read_frames(
+        recv,
+        monitor,
+        inbound_tx,
+        config.max_message_bytes,
+    ));
+    let stats = Arc::new(PoolStats::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let events = jobs.subscribe();
+    let pool = Pool {
+        jobs,
+        config,
+        send,
+        workers: HashMap::new(),
+        ready: VecDeque::new(),
+        outstanding: HashMap::new(),
+        expired: HashMap::new(),
+        expired_order: VecDeque::new(),
+        stats: stats.clone(),
+    };
+    let task = tokio::spawn(async move {
+        pool.run(inbound_rx, events, stopped).await;
+        reader.abort();
+    });
+    Ok(PoolHandle {
+        endpoint: bound,
+        stats,
+        stop,
+        task,
+    })
+}
+
+/// What the reader task hands the pool.
+enum Wire {
+    /// One well-formed message.
+    Message(Bytes, Inbound),
+    /// The transport dropped this peer.
+    Disconnected(Bytes),
+}
+
+fn identity_label(identity: &[u8]) -> String {
+    identity.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn read_frames(
+    mut recv: zeromq::RouterRecvHalf,
+    mut monitor: futures_channel::mpsc::Receiver<SocketEvent>,
+    pool: mpsc::Sender<Wire>,
+    max_bytes: usize,
+) {
+    loop {
+        tokio::select! {
+            message = recv.recv() => {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "worker socket receive failed");
+                        continue;
+                    }
+                };
+                let frames = message.into_vec();
+                let identity = frames.first().cloned().unwrap_or_default();
+                let who = identity_label(&identity);
+                if frames.len() != 2 {
+                    tracing::warn!(worker = %who, frames = frames.len(), "dropped a message: expected exactly one frame");
+                    continue;
+                }
+                if frames[1].len() > max_bytes {
+                    tracing::warn!(worker = %who, bytes = frames[1].len(), max_bytes, "dropped an oversized message");
+                    continue;
+                }
+                match Inbound::parse(&frames[1]) {
+                    Ok(inbound) => {
+                        if pool.send(Wire::Message(identity, inbound)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(err) => tracing::warn!(worker = %who, error = %err, "dropped a message"),
+                }
+            }
+            event = monitor.next() => match event {
+                Some(SocketEvent::Disconnected(peer)) => {
+                    if pool.send(Wire::Disconnected(Bytes::from(peer))).await.is_err() {
+                        return;
+                    }
+                }
+                Some(_) => {}
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Kind {
+    /// Stably Discordant's Python worker: four-key jobs, no heartbeats.
+    Seed,
+    /// `easel worker`: extended jobs, heartbeats, control messages. Its capabilities are
+    /// recorded (and logged) but do not steer dispatch yet.
+    Easel(#[allow(dead_code)] Capabilities),
+}
+
+#[derive(Debug)]
+struct Worker {
+    hostname: String,
+    kind: Kind,
+    last_seen: Instant,
+    job: Option<Assigned>,
+    in_ready: bool,
+}
+
+#[derive(Debug)]
+struct Assigned {
+    claim: Claim,
+    id_num: String,
+    deadline: Instant,
+}
+
+struct Pool {
+    jobs: Arc<JobService>,
+    config: WorkersConfig,
+    send: zeromq::RouterSendHalf,
+    workers: HashMap<Bytes, Worker>,
+    ready: VecDeque<Bytes>,
+    /// id_num → worker identity, for jobs out on a worker.
+    outstanding: HashMap<String, Bytes>,
+    /// id_num → claim, for jobs whose worker missed the deadline (late results).
+    expired: HashMap<String, Claim>,
+    expired_order: VecDeque<String>,
+    stats: Arc<PoolStats>,
+}
+
+impl Pool {
+    async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Wire>,
+        mut events: broadcast::Receiver<JobEvent>,
+        mut stopped: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut report = tokio::time::interval(Duration::from_secs(60));
+        let mut last_summary = String::new();
+        // A fresh host may have queued jobs already.
+        let mut may_dispatch = true;
+        loop {
+            if may_dispatch && !self.ready.is_empty() {
+                self.dispatch().await;
+            }
+            may_dispatch = false;
+            tokio::select! {
+                _ = &mut stopped => break,
+                wire = inbound.recv() => match wire {
+                    Some(Wire::Message(identity, message)) => {
+                        may_dispatch = self.handle(identity, message).await;
+                    }
+                    Some(Wire::Disconnected(identity)) => {
+                        self.lost(&identity, "worker disconnected").await;
+                    }
+                    None => break,
+                },
+                event = events.recv() => {
+                    may_dispatch = matches!(
+                        event,
+                        Ok(JobEvent::Queued { .. } | JobEvent::Requeued { .. })
+                            | Err(broadcast::error::RecvError::Lagged(_))
+                    );
+                }
+                _ = tick.tick() => {
+                    self.check_liveness().await;
+                    // Also picks up jobs queued by other hosts sharing the database.
+                    may_dispatch = true;
+                }
+                _ = report.tick() => {
+                    let summary = self.stats.summary();
+                    if summary != last_summary {
+                        tracing::info!("{summary}");
+                        last_summary = summary;
+                    }
+                }
+            }
+        }
+        tracing::info!("worker pool stopped; {}", self.stats.summary());
+    }
+
+    fn refresh_gauges(&self) {
+        let busy = self.workers.values().filter(|w| w.job.is_some()).count();
+        self.stats
+            .connected
+            .store(self.workers.len() as u64, Ordering::Relaxed);
+        self.stats.busy.store(busy as u64, Ordering::Relaxed);
+    }
+
+    async fn send_json(&mut self, identity: &Bytes, json: String) -> Result<(), zeromq::ZmqError> {
+        let message =
+            ZmqMessage::try_from(vec![identity.clone(), Bytes::from(json)]).expect("two frames");
+        self.send.send(message).await
+    }
+
+    async fn control(&mut self, identity: &Bytes, control: Control) {
+        let json = serde_json::to_string(&control).expect("control message");
+        if let Err(err) = self.send_json(identity, json).await {
+            tracing::debug!(worker = %identity_label(identity), error = %err, "control message not delivered");
+        }
+    }
+
+    /// Handles one message; returns whether dispatch may now find a ready worker.
+    async fn handle(&mut self, identity: Bytes, message: Inbound) -> bool {
+        let who = identity_label(&identity);
+        if let Some(worker) = self.workers.get_mut(&identity) {
+            worker.last_seen = Instant::now();
+        }
+        match message {
+            Inbound::Ready {
+                hostname,
+                protocol,
+                token,
+                capabilities,
+            } => {
+                let hostname = hostname.unwrap_or_else(|| "unknown".to_owned());
+                let easel = protocol.as_deref() == Some(PROTOCOL);
+                if !self.config.token.is_empty()
+                    && token.as_deref() != Some(self.config.token.as_str())
+                {
+                    tracing::warn!(worker = %who, %hostname, easel, "READY refused: missing or wrong worker token");
+                    if easel {
+                        self.control(
+                            &identity,
+                            Control::Refused {
+                                reason: "invalid worker token".into(),
+                            },
+                        )
+                        .await;
+                    }
+                    return false;
+                }
+                if let Some(old) = self.workers.get_mut(&identity)
+                    && let Some(assigned) = old.job.take()
+                {
+                    // READY while holding a job: the worker dropped it (restarted in place).
+                    self.outstanding.remove(&assigned.id_num);
+                    self.fault(assigned, "worker announced READY without returning its job")
+                        .await;
+                }
+                let kind = if easel {
+                    let capabilities = capabilities.unwrap_or_default();
+                    tracing::debug!(worker = %who, ?capabilities, "easel worker capabilities");
+                    Kind::Easel(capabilities)
+                } else {
+                    Kind::Seed
+                };
+                let worker = self.workers.entry(identity.clone()).or_insert_with(|| {
+                    tracing::info!(worker = %who, %hostname, "worker joined");
+                    Worker {
+                        hostname: hostname.clone(),
+                        kind: Kind::Seed,
+                        last_seen: Instant::now(),
+                        job: None,
+                        in_ready: false,
+                    }
+                });
+                worker.hostname = hostname;
+                worker.kind = kind;
+                if !worker.in_ready {
+                    worker.in_ready = true;
+                    self.ready.push_back(identity);
+                }
+                self.refresh_gauges();
+                true
+            }
+            Inbound::Output {
+                image_data,
+                id_num,
+                hostname,
+            } => {
+                self.output(identity, &who, image_data, id_num, hostname)
+                    .await;
+                false
+            }
+            Inbound::Failed { id_num, error } => {
+                match self.take_outstanding(&identity, &id_num) {
+                    Some(assigned) => {
+                        let reason = format!("worker {who} failed: {error}");
+                        self.fault(assigned, &reason).await;
+                    }
+                    None => {
+                        tracing::warn!(worker = %who, %id_num, "FAILED for a job this worker does not hold");
+                    }
+                }
+                false
+            }
+            Inbound::Heartbeat => {
+                if self.workers.contains_key(&identity) {
+                    self.control(&identity, Control::Pong).await;
+                } else {
+                    self.control(&identity, Control::Reannounce).await;
+                }
+                false
+            }
+            Inbound::Goodbye => {
+                self.lost(&identity, "worker said goodbye").await;
+                false
+            }
+        }
+    }
+
+    fn take_outstanding(&mut self, identity: &Bytes, id_num: &str) -> Option<Assigned> {
+        if self.outstanding.get(id_num) != Some(identity) {
+            return None;
+        }
+        self.outstanding.remove(id_num);
+        let assigned = self.workers.get_mut(identity)?.job.take();
+        self.refresh_gauges();
+        assigned
+    }
+
+    async fn output(
+        &mut self,
+        identity: Bytes,
+        who: &str,
+        image_data: String,
+        id_num: String,
+        hostname: Option<String>,
+    ) {
+        let png = match base64::engine::general_purpose::STANDARD.decode(image_data.trim()) {
+            Ok(png) => png,
+            Err(err) => {
+                PoolStats::add(&self.stats.dropped);
+                tracing::warn!(worker = %who, %id_num, error = %err, "dropped OUTPUT: bad base64");
+                return;
+            }
+        };
+        if png_size(&png).is_none() {
+            PoolStats::add(&self.stats.dropped);
+            tracing::warn!(worker = %who, %id_num, bytes = png.len(), "dropped OUTPUT: not a PNG");
+            return;
+        }
+        let hostname = hostname.unwrap_or_else(|| "unknown".to_owned());
+        let backend = format!("worker:{hostname}");
+        let info = serde_json::json!({"backend": backend, "hostname": hostname}).to_string();
+        if let Some(assigned) = self.take_outstanding(&identity, &id_num) {
+            match self
+                .jobs
+                .finish(&assigned.claim, &backend, &png, &info)
+                .await
+            {
+                Ok(true) => PoolStats::add(&self.stats.finished),
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::error!(job_id = assigned.claim.id(), error = %err, "could not store a result");
+                    self.fault(assigned, "the result could not be stored").await;
+                }
+            }
+        } else if let Some(claim) = self.expired.remove(&id_num) {
+            match self.jobs.finish_late(&claim, &backend, &png, &info).await {
+                Ok(true) => {
+                    PoolStats::add(&self.stats.finished);
+                    tracing::info!(worker = %who, job_id = claim.id(), "late result accepted");
+                }
+                Ok(false) => tracing::info!(
+                    worker = %who,
+                    job_id = claim.id(),
+                    "late result dropped: the job was already finished"
+                ),
+                Err(err) => {
+                    tracing::error!(job_id = claim.id(), error = %err, "could not store a late result")
+                }
+            }
+        } else {
+            PoolStats::add(&self.stats.dropped);
+            tracing::warn!(worker = %who, %id_num, "dropped OUTPUT: id_num not marked as outstanding");
+        }
+    }
+
+    /// A worker is gone: forget it; its job (if any) is a fault.
+    async fn lost(&mut self, identity: &Bytes, reason: &str) {
+        let Some(worker) = self.workers.remove(identity) else {
+            return;
+        };
+        self.ready.retain(|id| id != identity);
+        tracing::info!(worker = %identity_label(identity), hostname = %worker.hostname, reason, "worker left");
+        if let Some(assigned) = worker.job {
+            self.outstanding.remove(&assigned.id_num);
+            self.fault(assigned, reason).await;
+        }
+        self.refresh_gauges();
+    }
+
+    async fn fault(&mut self, assigned: Assigned, reason: &str) {
+        match self
+            .jobs
+            .fault(&assigned.claim, self.config.max_faults, reason)
+            .await
+        {
+            Ok(Some(crate::store::JobStatus::Failed)) => PoolStats::add(&self.stats.failed),
+            Ok(Some(_)) => PoolStats::add(&self.stats.requeued),
+            Ok(None) => {}
+            Err(err) => {
+                tracing::error!(job_id = assigned.claim.id(), error = %err, "could not record a worker fault")
+            }
+        }
+        // Its worker may still answer: remember the claim for a late result.
+        self.expired_order.push_back(assigned.id_num.clone());
+        self.expired.insert(assigned.id_num, assigned.claim);
+        while self.expired_order.len() > EXPIRED_MEMORY {
+            if let Some(old) = self.expired_order.pop_front() {
+                self.expired.remove(&old);
+            }
+        }
+    }
+
+    async fn check_liveness(&mut self) {
+        let now = Instant::now();
+        let mut late = Vec::new();
+        let mut silent = Vec::new();
+        for (identity, worker) in &self.workers {
+            if let Some(assigned) = &worker.job
+                && assigned.deadline <= now
+            {
+                late.push(identity.clone());
+            } else if matches!(worker.kind, Kind::Easel(_))
+                && now.duration_since(worker.last_seen) > HEARTBEAT_GRACE
+            {
+                silent.push(identity.clone());
+            }
+        }
+        for identity in late {
+            // Considered gone until it sends READY again.
+            self.lost(&identity, "deadline passed").await;
+        }
+        for identity in silent {
+            self.lost(&identity, "missed 3 heartbeats").await;
+        }
+    }
+
+    /// Hands queued jobs to ready workers, least recently ready first.
+    async fn dispatch(&mut self) {
+        while let Some(identity) = self.ready.pop_front() {
+            let Some(worker) = self.workers.get_mut(&identity) else {
+                continue;
+            };
+            worker.in_ready = false;
+            if worker.job.is_some() {
+                continue;
+            }
+            let claim = match self.jobs.claim("worker-pool").await {
+                Ok(Some(claim)) => claim,
+                Ok(None) => {
+                    self.put_back(identity);
+                    return;
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot claim jobs for workers");
+                    self.put_back(identity);
+                    return;
+                }
+            };
+            let id_num = new_id_num();
+            let Some(worker) = self.workers.get(&identity) else {
+                continue;
+            };
+            let json = match &worker.kind {
+                Kind::Seed => serde_json::to_string(&SeedJob {
+                    prompt: claim.request.prompt.clone(),
+                    cfg: claim.request.cfg_scale,
+                    steps: claim.request.steps,
+                    id_num: id_num.clone(),
+                }),
+                Kind::Easel(_) => serde_json::to_string(&ExtendedJob::new(&claim.request, &id_num)),
+            }
+            .expect("job serializes");
+            let deadline = Instant::now() + deadline(&self.config, &claim.request);
+            match self.send_json(&identity, json).await {
+                Ok(()) => {
+                    PoolStats::add(&self.stats.dispatched);
+                    tracing::debug!(job_id = claim.id(), worker = %identity_label(&identity), "job dispatched");
+                    self.outstanding.insert(id_num.clone(), identity.clone());
+                    if let Some(worker) = self.workers.get_mut(&identity) {
+                        worker.job = Some(Assigned {
+                            claim,
+                            id_num,
+                            deadline,
+                        });
+                    }
+                    self.refresh_gauges();
+                }
+                Err(err) => {
+                    // A dead identity: the job never left, so it is no fault of the job's.
+                    tracing::info!(worker = %identity_label(&identity), error = %err, "worker unreachable; forgetting it");
+                    self.workers.remove(&identity);
+                    self.refresh_gauges();
+                    if let Err(err) = self.jobs.requeue(&claim, "worker unreachable").await {
+                        tracing::error!(job_id = claim.id(), error = %err, "could not requeue");
+                    }
+                }
+            }
+        }
+    }
+
+    fn put_back(&mut self, identity: Bytes) {
+        if let Some(worker) = self.workers.get_mut(&identity) {
+            worker.in_ready = true;
+            self.ready.push_front(identity);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn horde_deadline() {
+        let config = WorkersConfig::default();
+        let mut request = crate::jobs::Txt2Img {
+            width: 512,
+            height: 512,
+            steps: 50,
+            ..Default::default()
+        };
+        assert_eq!(deadline(&config, &request), Duration::from_secs(150));
+        request.width = 2048;
+        request.height = 2048;
+        // 30 + 50 * 2 * 16 = 1630
+        assert_eq!(deadline(&config, &request), Duration::from_secs(1630));
+        let scaled = WorkersConfig {
+            deadline_min_s: 1.0,
+            deadline_scale: 0.5,
+            ..WorkersConfig::default()
+        };
+        assert_eq!(deadline(&scaled, &request), Duration::from_secs(815));
+    }
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(normalise_endpoint("tcp://*:5556"), "tcp://0.0.0.0:5556");
+        assert!(is_loopback("tcp://127.0.0.1:5556"));
+        assert!(!is_loopback("tcp://0.0.0.0:5556"));
+    }
+}
