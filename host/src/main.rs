@@ -87,6 +87,21 @@ enum Bench {
         #[arg(long)]
         database: Option<String>,
     },
+    /// Worker-pool dispatch throughput and queue-to-worker latency (in-process ZeroMQ workers).
+    Pool {
+        /// Jobs in the throughput phase.
+        #[arg(long, default_value_t = 5000)]
+        jobs: usize,
+        /// In-process workers.
+        #[arg(long, default_value_t = 100)]
+        workers: usize,
+        /// Jobs in the idle-latency phase.
+        #[arg(long, default_value_t = 200)]
+        probes: usize,
+        /// Database URL (default: a temporary SQLite file).
+        #[arg(long)]
+        database: Option<String>,
+    },
 }
 
 fn level_filter(level: &str) -> Option<&'static str> {
@@ -179,6 +194,30 @@ async fn shutdown_signal() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench {
+            what:
+                Bench::Pool {
+                    jobs,
+                    workers,
+                    probes,
+                    database,
+                },
+        } => {
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            let options = easel::bench::PoolBenchOptions {
+                jobs,
+                workers,
+                probes,
+                database,
+            };
+            match runtime.block_on(easel::bench::pool(options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("bench failed: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Bench {
             what:
                 Bench::Jobs {

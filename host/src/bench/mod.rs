@@ -201,3 +201,187 @@ async fn run_on(url: &str, options: &BenchOptions) -> Result<(), BenchError> {
     );
     Ok(())
 }
+
+/// What `easel bench pool` measures.
+#[derive(Clone, Debug)]
+pub struct PoolBenchOptions {
+    /// Jobs in the throughput phase.
+    pub jobs: usize,
+    /// In-process workers (seed protocol, no delay).
+    pub workers: usize,
+    /// Jobs in the idle-latency phase (one at a time).
+    pub probes: usize,
+    /// Database URL; `None`: a fresh SQLite file in a temporary directory.
+    pub database: Option<String>,
+}
+
+/// The seed's design: one dispatch per 1-second loop iteration.
+const SEED_JOBS_PER_SECOND: f64 = 1.0;
+
+/// A seed-protocol worker in this process: READY, take a job, report when it arrived, answer
+/// with a tiny PNG at once, READY again.
+async fn bench_worker(
+    endpoint: String,
+    arrivals: tokio::sync::mpsc::UnboundedSender<(usize, Instant)>,
+) -> Result<(), zeromq::ZmqError> {
+    use base64::Engine as _;
+    use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
+    let png = sim::render(&Txt2Img {
+        prompt: "bench".into(),
+        width: 8,
+        height: 8,
+        ..Txt2Img::default()
+    })
+    .expect("render");
+    let image_data = base64::engine::general_purpose::STANDARD.encode(png);
+    let mut socket = zeromq::DealerSocket::new();
+    socket.connect(&endpoint).await?;
+    let ready = || ZmqMessage::from(r#"{"type": "READY", "hostname": "bench"}"#.to_owned());
+    socket.send(ready()).await?;
+    loop {
+        let message = socket.recv().await?;
+        let arrived = Instant::now();
+        let Some(body) = message.into_vec().pop() else {
+            continue;
+        };
+        let job: crate::workers::protocol::SeedJob =
+            serde_json::from_slice(&body).expect("a seed job");
+        let index = job
+            .prompt
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(usize::MAX);
+        let _ = arrivals.send((index, arrived));
+        let output = serde_json::json!({
+            "type": "OUTPUT", "image_data": image_data, "id_num": job.id_num, "hostname": "bench"
+        })
+        .to_string();
+        socket.send(ZmqMessage::from(output)).await?;
+        socket.send(ready()).await?;
+    }
+}
+
+/// Runs `easel bench pool` and prints the report.
+pub async fn pool(options: PoolBenchOptions) -> Result<(), BenchError> {
+    let tmp = std::env::temp_dir().join(format!("easel-bench-pool-{}", std::process::id()));
+    let url = match &options.database {
+        Some(url) => url.clone(),
+        None => {
+            std::fs::create_dir_all(&tmp)?;
+            format!("sqlite://{}", tmp.join("bench.db").display())
+        }
+    };
+    let result = pool_on(&url, &options).await;
+    if options.database.is_none() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+async fn pool_on(url: &str, options: &PoolBenchOptions) -> Result<(), BenchError> {
+    let store = Arc::new(Store::connect(url).await?);
+    let run = format!("{:08x}", rand::random::<u32>());
+    let jobs = Arc::new(JobService::new(store.clone(), format!("bench-{run}")));
+    let config = crate::config::Workers {
+        bind: "tcp://127.0.0.1:0".into(),
+        ..crate::config::Workers::default()
+    };
+    let handle = crate::workers::start(jobs.clone(), config)
+        .await
+        .map_err(|err| BenchError::Io(std::io::Error::other(err.to_string())))?;
+    println!(
+        "easel bench pool: {} jobs, {} workers (in-process, seed protocol, no delay), {:?} database",
+        options.jobs,
+        options.workers,
+        store.kind()
+    );
+    let (arrivals_tx, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..options.workers {
+        workers.spawn(bench_worker(handle.endpoint.clone(), arrivals_tx.clone()));
+    }
+    // Wait until every worker has announced itself.
+    let ready_by = Instant::now() + Duration::from_secs(30);
+    while handle
+        .stats
+        .connected
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < options.workers as u64
+    {
+        if Instant::now() > ready_by {
+            return Err(BenchError::Io(std::io::Error::other(
+                "workers did not connect in 30 s",
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Throughput: queue everything, wait for every result (counted by the pool: a burst
+    // this size would overrun the event stream of a slow reader).
+    let done = |h: &crate::workers::PoolHandle| {
+        h.stats.finished.load(std::sync::atomic::Ordering::Relaxed)
+            + h.stats.failed.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let started = Instant::now();
+    let mut queued_at = Vec::with_capacity(options.jobs);
+    for i in 0..options.jobs {
+        queued_at.push(Instant::now());
+        jobs.enqueue(&format!("t{run}{i}"), "bench", None, &request(i, 8))
+            .await?;
+    }
+    while done(&handle) < options.jobs as u64 {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let elapsed = started.elapsed();
+    let mut loaded = Vec::with_capacity(options.jobs);
+    while let Ok((index, at)) = arrivals.try_recv() {
+        if let Some(queued) = queued_at.get(index) {
+            loaded.push(at - *queued);
+        }
+    }
+    loaded.sort();
+    let rate = options.jobs as f64 / elapsed.as_secs_f64();
+
+    // Latency with idle workers: one job at a time.
+    let mut events = jobs.subscribe();
+    let mut idle = Vec::with_capacity(options.probes);
+    for i in 0..options.probes {
+        let queued = Instant::now();
+        jobs.enqueue(&format!("l{run}{i}"), "bench", None, &request(i, 8))
+            .await?;
+        let (_, at) = arrivals.recv().await.expect("workers running");
+        idle.push(at - queued);
+        // Let the result come back so the next probe finds the workers idle.
+        loop {
+            match events.recv().await {
+                Ok(JobEvent::Finished { .. } | JobEvent::Failed { .. }) => break,
+                Ok(_) => {}
+                Err(RecvError::Lagged(n)) => return Err(BenchError::Lagged(n)),
+                Err(RecvError::Closed) => break,
+            }
+        }
+    }
+    idle.sort();
+    workers.shutdown().await;
+    handle.shutdown().await;
+    store.close().await;
+
+    println!(
+        "throughput: {rate:>8.1} jobs/s ({} jobs in {elapsed:.2?}); ratio to the seed's design (1 job/s): {:.0}x",
+        options.jobs,
+        rate / SEED_JOBS_PER_SECOND
+    );
+    println!(
+        "queue -> worker under load: p50 {:.2?}  p99 {:.2?}",
+        percentile(&loaded, 50.0),
+        percentile(&loaded, 99.0)
+    );
+    println!(
+        "queue -> worker, idle workers ({} probes): p50 {:.2?}  p99 {:.2?}",
+        options.probes,
+        percentile(&idle, 50.0),
+        percentile(&idle, 99.0)
+    );
+    Ok(())
+}
