@@ -141,6 +141,22 @@ pub enum JobError {
     Interrupted,
 }
 
+/// A finished image to record: the claim it answers, whether it came after the claim
+/// expired, and what the backend made.
+#[derive(Clone, Copy, Debug)]
+pub struct JobResult<'a> {
+    /// The claim.
+    pub claim: &'a Claim,
+    /// Arrived after the claim expired: stored only if nobody finished the job meanwhile.
+    pub late: bool,
+    /// Which backend made it.
+    pub backend: &'a str,
+    /// PNG bytes.
+    pub png: &'a [u8],
+    /// Generation info (JSON).
+    pub info: &'a str,
+}
+
 /// A job a backend holds: its row, decoded request and the attempt that identifies the claim.
 #[derive(Clone, Debug)]
 pub struct Claim {
@@ -260,36 +276,43 @@ impl JobService {
 
     /// Claims the oldest queued job for `backend`, if any.
     pub async fn claim(&self, backend: &str) -> Result<Option<Claim>, JobError> {
-        let Some(row) = self.store.claim_job(&self.host, backend).await? else {
-            return Ok(None);
-        };
-        let attempt = row.attempts;
-        let request = match serde_json::from_str(&row.request) {
-            Ok(request) => request,
-            Err(err) => {
-                // A row this build cannot read: fail it rather than loop on it forever.
-                let error = format!("stored request is unreadable: {err}");
-                self.store
-                    .end_attempt(&row.id, attempt, JobStatus::Failed, &error)
-                    .await?;
-                self.emit(JobEvent::Failed {
-                    job_id: row.id.clone(),
-                    error,
-                });
-                return Ok(None);
-            }
-        };
-        tracing::info!(job_id = %row.id, backend, attempt, "job started");
-        self.emit(JobEvent::Started {
-            job_id: row.id.clone(),
-            backend: backend.to_owned(),
-            attempt,
-        });
-        Ok(Some(Claim {
-            row,
-            request,
-            attempt,
-        }))
+        Ok(self.claim_many(backend, 1).await?.pop())
+    }
+
+    /// Claims up to `limit` queued jobs for `backend` in one go, oldest first.
+    pub async fn claim_many(&self, backend: &str, limit: usize) -> Result<Vec<Claim>, JobError> {
+        let rows = self.store.claim_jobs(&self.host, backend, limit).await?;
+        let mut claims = Vec::with_capacity(rows.len());
+        for row in rows {
+            let attempt = row.attempts;
+            let request = match serde_json::from_str(&row.request) {
+                Ok(request) => request,
+                Err(err) => {
+                    // A row this build cannot read: fail it rather than loop on it forever.
+                    let error = format!("stored request is unreadable: {err}");
+                    self.store
+                        .end_attempt(&row.id, attempt, JobStatus::Failed, &error)
+                        .await?;
+                    self.emit(JobEvent::Failed {
+                        job_id: row.id.clone(),
+                        error,
+                    });
+                    continue;
+                }
+            };
+            tracing::info!(job_id = %row.id, backend, attempt, "job started");
+            self.emit(JobEvent::Started {
+                job_id: row.id.clone(),
+                backend: backend.to_owned(),
+                attempt,
+            });
+            claims.push(Claim {
+                row,
+                request,
+                attempt,
+            });
+        }
+        Ok(claims)
     }
 
     /// Waits until a job may be available (a wake-up, or the periodic recheck).
@@ -352,35 +375,47 @@ impl JobService {
         png: &[u8],
         info: &str,
     ) -> Result<bool, JobError> {
-        // The stored size is the picture's own (a seed worker draws at its model's size).
-        let (width, height) = png_size(png).unwrap_or((claim.request.width, claim.request.height));
-        let done = self
-            .store
-            .finish_job(
-                claim.id(),
-                attempt,
-                &NewImage {
-                    png,
-                    info,
+        let result = JobResult {
+            claim,
+            late: attempt.is_none(),
+            backend,
+            png,
+            info,
+        };
+        Ok(self.finish_many(&[result]).await?[0])
+    }
+
+    /// Stores several results in one transaction (see [`JobService::finish`] and
+    /// [`JobService::finish_late`]); one flag per result, in order.
+    pub async fn finish_many(&self, results: &[JobResult<'_>]) -> Result<Vec<bool>, JobError> {
+        let items: Vec<_> = results
+            .iter()
+            .map(|r| {
+                // The stored size is the picture's own (a seed worker draws at its model's size).
+                let (width, height) =
+                    png_size(r.png).unwrap_or((r.claim.request.width, r.claim.request.height));
+                let image = NewImage {
+                    png: r.png,
+                    info: r.info,
                     width,
                     height,
-                    category_id: claim.request.category_id,
-                },
-            )
-            .await?;
-        if done {
-            tracing::info!(
-                job_id = claim.id(),
-                backend,
-                late = attempt.is_none(),
-                "job finished"
-            );
-            self.emit(JobEvent::Finished {
-                job_id: claim.id().to_owned(),
-                backend: backend.to_owned(),
-            });
-        } else {
-            tracing::info!(job_id = claim.id(), backend, "stale result dropped");
+                    category_id: r.claim.request.category_id,
+                };
+                (r.claim.id(), (!r.late).then_some(r.claim.attempt), image)
+            })
+            .collect();
+        let done = self.store.finish_jobs(&items).await?;
+        for (result, done) in results.iter().zip(&done) {
+            let (id, backend) = (result.claim.id(), result.backend);
+            if *done {
+                tracing::info!(job_id = id, backend, late = result.late, "job finished");
+                self.emit(JobEvent::Finished {
+                    job_id: id.to_owned(),
+                    backend: backend.to_owned(),
+                });
+            } else {
+                tracing::info!(job_id = id, backend, "stale result dropped");
+            }
         }
         Ok(done)
     }

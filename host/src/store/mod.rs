@@ -107,6 +107,8 @@ impl JobStatus {
 /// One row of `jobs`.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct JobRow {
+    /// Queue order.
+    pub seq: i64,
     /// Public job id (8 hex digits for Navigator clients).
     pub id: String,
     /// `txt2img`, …
@@ -146,7 +148,7 @@ impl JobRow {
     }
 }
 
-const JOB_COLUMNS: &str = "id, kind, request, status, attempts, faults, last_error, owner_id, origin, \
+const JOB_COLUMNS: &str = "seq, id, kind, request, status, attempts, faults, last_error, owner_id, origin, \
      backend, claimed_by, created_at, updated_at, started_at, finished_at";
 
 /// A job to insert.
@@ -196,45 +198,13 @@ macro_rules! on_pool {
     };
 }
 
-/// The claim shared by PostgreSQL and MariaDB, in one transaction.
-macro_rules! claim_skip_locked {
-    ($store:expr, $pool:expr, $host:expr, $backend:expr, $now:expr) => {{
-        let select = $store.sql(
-            "SELECT seq FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED",
-        );
-        let update = $store.sql(
-            "UPDATE jobs SET status = 'running', attempts = attempts + 1, claimed_by = ?, \
-             backend = ?, started_at = ?, updated_at = ? WHERE seq = ?",
-        );
-        let fetch = $store.sql(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE seq = ?"));
-        let mut tx = $pool.begin().await?;
-        let seq: Option<i64> = sqlx::query_scalar(select).fetch_optional(&mut *tx).await?;
-        let row = match seq {
-            Some(seq) => {
-                sqlx::query(update)
-                    .bind($host)
-                    .bind($backend)
-                    .bind($now)
-                    .bind($now)
-                    .bind(seq)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query_as::<_, JobRow>(fetch)
-                    .bind(seq)
-                    .fetch_optional(&mut *tx)
-                    .await?
-            }
-            None => None,
-        };
-        tx.commit().await?;
-        Ok(row)
-    }};
-}
-
 /// The database, with its migrations applied.
 pub struct Store {
     pool: Pool,
     kind: DatabaseKind,
+    /// SQLite has one writer per file: writers of this process take turns here instead of
+    /// meeting SQLITE_BUSY, whose retry sleeps for milliseconds at a time.
+    writer: Option<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -328,7 +298,16 @@ impl Store {
                 Pool::Postgres(pool)
             }
         };
-        Ok(Self { pool, kind })
+        let writer = (kind == DatabaseKind::Sqlite).then(|| tokio::sync::Mutex::new(()));
+        Ok(Self { pool, kind, writer })
+    }
+
+    /// Taken around every write (SQLite only; a no-op elsewhere).
+    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.writer {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        }
     }
 
     /// The engine behind this store.
@@ -363,6 +342,7 @@ impl Store {
 
     /// Inserts a queued job. Fails with a unique-key error if the id exists.
     pub async fn insert_job(&self, job: &NewJob<'_>) -> Result<()> {
+        let _turn = self.write_turn().await;
         let sql = self.sql(
             "INSERT INTO jobs (id, kind, request, status, attempts, owner_id, origin, created_at, updated_at) \
              VALUES (?, ?, ?, 'queued', 0, ?, ?, ?, ?)",
@@ -414,31 +394,95 @@ impl Store {
     /// counter goes up. `None` when nothing is queued (or every queued row is locked by another
     /// host's claim).
     pub async fn claim_job(&self, host: &str, backend: &str) -> Result<Option<JobRow>> {
-        retry_transient(|| self.claim_job_once(host, backend)).await
+        Ok(self.claim_jobs(host, backend, 1).await?.pop())
     }
 
-    async fn claim_job_once(&self, host: &str, backend: &str) -> Result<Option<JobRow>> {
+    /// Claims up to `limit` of the oldest queued jobs at once, oldest first.
+    pub async fn claim_jobs(&self, host: &str, backend: &str, limit: usize) -> Result<Vec<JobRow>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut rows =
+            retry_transient(|| self.claim_jobs_once(host, backend, limit as i64)).await?;
+        rows.sort_by_key(|row| row.seq);
+        Ok(rows)
+    }
+
+    async fn claim_jobs_once(&self, host: &str, backend: &str, limit: i64) -> Result<Vec<JobRow>> {
+        let _turn = self.write_turn().await;
+        const SET: &str = "UPDATE jobs SET status = 'running', attempts = attempts + 1, \
+             claimed_by = ?, backend = ?, started_at = ?, updated_at = ?";
         let now = now_ms();
         match &self.pool {
+            // One statement; SQLite has a single writer.
             Pool::Sqlite(pool) => {
                 let sql = AssertSqlSafe(format!(
-                    "UPDATE jobs SET status = 'running', attempts = attempts + 1, claimed_by = ?, \
-                     backend = ?, started_at = ?, updated_at = ? \
-                     WHERE seq = (SELECT seq FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1) \
-                     AND status = 'queued' RETURNING {JOB_COLUMNS}"
+                    "{SET} WHERE seq IN (SELECT seq FROM jobs WHERE status = 'queued' \
+                     ORDER BY seq LIMIT ?) AND status = 'queued' RETURNING {JOB_COLUMNS}"
                 ));
                 Ok(sqlx::query_as::<_, JobRow>(sql)
                     .bind(host)
                     .bind(backend)
                     .bind(now)
                     .bind(now)
-                    .fetch_optional(pool)
+                    .bind(limit)
+                    .fetch_all(pool)
                     .await?)
             }
-            // PostgreSQL and MariaDB: lock the oldest queued row no other transaction holds,
-            // then take it. (MariaDB has no `UPDATE … RETURNING`.)
-            Pool::MySql(pool) => claim_skip_locked!(self, pool, host, backend, now),
-            Pool::Postgres(pool) => claim_skip_locked!(self, pool, host, backend, now),
+            // One statement; the CTE locks the rows it picks and skips those other hosts hold
+            // (a plain `IN (subquery … LIMIT)` may be re-planned and pick other rows).
+            Pool::Postgres(pool) => {
+                let sql = AssertSqlSafe(format!(
+                    "WITH picked AS (SELECT seq AS pick FROM jobs WHERE status = 'queued' \
+                     ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                     UPDATE jobs SET status = 'running', attempts = attempts + 1, \
+                     claimed_by = $2, backend = $3, started_at = $4, updated_at = $4 \
+                     FROM picked WHERE jobs.seq = picked.pick RETURNING {JOB_COLUMNS}"
+                ));
+                Ok(sqlx::query_as::<_, JobRow>(sql)
+                    .bind(limit)
+                    .bind(host)
+                    .bind(backend)
+                    .bind(now)
+                    .fetch_all(pool)
+                    .await?)
+            }
+            // MariaDB has no `UPDATE … RETURNING`: lock, update, read back in one transaction.
+            Pool::MySql(pool) => {
+                let mut tx = pool.begin().await?;
+                let seqs: Vec<i64> = sqlx::query_scalar(
+                    "SELECT seq FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT ? \
+                     FOR UPDATE SKIP LOCKED",
+                )
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+                if seqs.is_empty() {
+                    tx.commit().await?;
+                    return Ok(Vec::new());
+                }
+                let list = vec!["?"; seqs.len()].join(", ");
+                let update = AssertSqlSafe(format!("{SET} WHERE seq IN ({list})"));
+                let mut query = sqlx::query(update)
+                    .bind(host)
+                    .bind(backend)
+                    .bind(now)
+                    .bind(now);
+                for seq in &seqs {
+                    query = query.bind(*seq);
+                }
+                query.execute(&mut *tx).await?;
+                let fetch = AssertSqlSafe(format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE seq IN ({list}) ORDER BY seq"
+                ));
+                let mut query = sqlx::query_as::<_, JobRow>(fetch);
+                for seq in &seqs {
+                    query = query.bind(*seq);
+                }
+                let rows = query.fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(rows)
+            }
         }
     }
 
@@ -454,25 +498,31 @@ impl Store {
         attempt: Option<i64>,
         image: &NewImage<'_>,
     ) -> Result<bool> {
-        retry_transient(|| self.finish_job_once(id, attempt, image)).await
+        Ok(self.finish_jobs(&[(id, attempt, image.clone())]).await?[0])
     }
 
-    async fn finish_job_once(
+    /// [`Store::finish_job`] for several jobs in one transaction (one commit for a burst of
+    /// results); one flag per job, in order.
+    pub async fn finish_jobs(
         &self,
-        id: &str,
-        attempt: Option<i64>,
-        image: &NewImage<'_>,
-    ) -> Result<bool> {
-        let update = self.sql(match attempt {
-            Some(_) => {
-                "UPDATE jobs SET status = 'finished', finished_at = ?, updated_at = ?, last_error = NULL \
-                 WHERE id = ? AND status = 'running' AND attempts = ?"
-            }
-            None => {
-                "UPDATE jobs SET status = 'finished', finished_at = ?, updated_at = ?, last_error = NULL \
-                 WHERE id = ? AND status IN ('queued', 'running') AND ? IS NULL"
-            }
-        });
+        items: &[(&str, Option<i64>, NewImage<'_>)],
+    ) -> Result<Vec<bool>> {
+        retry_transient(|| self.finish_jobs_once(items)).await
+    }
+
+    async fn finish_jobs_once(
+        &self,
+        items: &[(&str, Option<i64>, NewImage<'_>)],
+    ) -> Result<Vec<bool>> {
+        let _turn = self.write_turn().await;
+        let current = self.sql(
+            "UPDATE jobs SET status = 'finished', finished_at = ?, updated_at = ?, last_error = NULL \
+             WHERE id = ? AND status = 'running' AND attempts = ?",
+        );
+        let late = self.sql(
+            "UPDATE jobs SET status = 'finished', finished_at = ?, updated_at = ?, last_error = NULL \
+             WHERE id = ? AND status IN ('queued', 'running')",
+        );
         let insert = self.sql(
             "INSERT INTO images (id, owner_id, png, info, width, height, category_id, created_at) \
              SELECT id, owner_id, ?, ?, ?, ?, ?, ? FROM jobs WHERE id = ?",
@@ -480,31 +530,29 @@ impl Store {
         let now = now_ms();
         let done = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let changed = sqlx::query(update)
-                .bind(now)
-                .bind(now)
-                .bind(id)
-                .bind(attempt)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if changed == 1 {
-                sqlx::query(insert)
-                    .bind(image.png)
-                    .bind(image.info)
-                    .bind(i64::from(image.width))
-                    .bind(i64::from(image.height))
-                    .bind(image.category_id)
-                    .bind(now)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                true
-            } else {
-                tx.rollback().await?;
-                false
+            let mut done = Vec::with_capacity(items.len());
+            for (id, attempt, image) in items {
+                let update = match attempt {
+                    Some(attempt) => sqlx::query(AssertSqlSafe(current.0.clone())).bind(now).bind(now).bind(*id).bind(*attempt),
+                    None => sqlx::query(AssertSqlSafe(late.0.clone())).bind(now).bind(now).bind(*id),
+                };
+                let changed = update.execute(&mut *tx).await?.rows_affected();
+                if changed == 1 {
+                    sqlx::query(AssertSqlSafe(insert.0.clone()))
+                        .bind(image.png)
+                        .bind(image.info)
+                        .bind(i64::from(image.width))
+                        .bind(i64::from(image.height))
+                        .bind(image.category_id)
+                        .bind(now)
+                        .bind(*id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                done.push(changed == 1);
             }
+            tx.commit().await?;
+            done
         });
         Ok(done)
     }
@@ -518,6 +566,7 @@ impl Store {
         status: JobStatus,
         error: &str,
     ) -> Result<bool> {
+        let _turn = self.write_turn().await;
         let sql = self.sql(
             "UPDATE jobs SET status = ?, last_error = ?, updated_at = ?, finished_at = ? \
              WHERE id = ? AND status = 'running' AND attempts = ?",
@@ -559,6 +608,7 @@ impl Store {
         max_faults: i64,
         reason: &str,
     ) -> Result<Option<JobStatus>> {
+        let _turn = self.write_turn().await;
         // `faults` is assigned last: MariaDB evaluates assignments left to right, PostgreSQL and
         // SQLite see old values everywhere; so every engine reads the old `faults` above.
         let update = self.sql(
@@ -596,6 +646,7 @@ impl Store {
     /// Marks a queued or running job interrupted; returns the status it had, or `None` if it
     /// was not queued or running.
     pub async fn interrupt_job(&self, id: &str) -> Result<Option<JobStatus>> {
+        let _turn = self.write_turn().await;
         let Some(job) = self.job(id).await? else {
             return Ok(None);
         };
@@ -623,6 +674,7 @@ impl Store {
 
     /// Puts every job left running by `host` back in the queue (after a crash or at shutdown).
     pub async fn requeue_running(&self, host: &str, reason: &str) -> Result<u64> {
+        let _turn = self.write_turn().await;
         let sql = self.sql(
             "UPDATE jobs SET status = 'queued', last_error = ?, updated_at = ? \
              WHERE status = 'running' AND claimed_by = ?",
@@ -642,6 +694,7 @@ impl Store {
 
     /// Stores the latest live preview of a job's image.
     pub async fn set_preview(&self, id: &str, png: &[u8]) -> Result<()> {
+        let _turn = self.write_turn().await;
         let sql = self.sql("UPDATE images SET preview = ? WHERE id = ?");
         on_pool!(self, pool => {
             sqlx::query(sql).bind(png).bind(id).execute(pool).await?;
@@ -678,6 +731,7 @@ impl Store {
 
     /// Creates or updates a user's role.
     pub async fn set_user_role(&self, id: &str, role: i64) -> Result<()> {
+        let _turn = self.write_turn().await;
         let now = now_ms();
         let update = self.sql("UPDATE users SET role = ?, updated_at = ? WHERE id = ?");
         let insert =
@@ -707,6 +761,7 @@ impl Store {
 
     /// Creates a category owned by `owner_id`; returns its id.
     pub async fn create_category(&self, name64: &str, owner_id: &str) -> Result<i64> {
+        let _turn = self.write_turn().await;
         let insert = self.sql("INSERT INTO categories (name64, owner_id) VALUES (?, ?)");
         let select = self.sql("SELECT MAX(id) FROM categories WHERE name64 = ? AND owner_id = ?");
         let id: Option<i64> = on_pool!(self, pool => {
@@ -739,6 +794,7 @@ impl Store {
         friendly_name: Option<&str>,
         restricted: bool,
     ) -> Result<i64> {
+        let _turn = self.write_turn().await;
         let insert = self
             .sql("INSERT INTO models (model_name, friendly_name, is_restricted) VALUES (?, ?, ?)");
         let select = self.sql("SELECT MAX(id) FROM models WHERE model_name = ?");

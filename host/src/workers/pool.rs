@@ -23,6 +23,8 @@ use crate::jobs::{Claim, JobEvent, JobService, png_size};
 
 /// Easel workers heartbeat every second; three missed and they are gone.
 const HEARTBEAT_GRACE: Duration = Duration::from_secs(3);
+/// Most results stored in one transaction.
+const RESULT_BATCH: usize = 64;
 /// How many expired claims are remembered for late results.
 const EXPIRED_MEMORY: usize = 10_000;
 
@@ -146,6 +148,14 @@ pub async fn start(jobs: Arc<JobService>, config: WorkersConfig) -> Result<PoolH
     let stats = Arc::new(PoolStats::default());
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let events = jobs.subscribe();
+    let (failed_writes, failed_rx) = mpsc::channel(RESULT_BATCH);
+    let (results_tx, results_rx) = mpsc::channel(4 * RESULT_BATCH);
+    let writer = tokio::spawn(write_results(
+        jobs.clone(),
+        stats.clone(),
+        results_rx,
+        failed_writes,
+    ));
     let pool = Pool {
         jobs,
         config,
@@ -156,10 +166,13 @@ pub async fn start(jobs: Arc<JobService>, config: WorkersConfig) -> Result<PoolH
         expired: HashMap::new(),
         expired_order: VecDeque::new(),
         stats: stats.clone(),
+        results: results_tx,
     };
     let task = tokio::spawn(async move {
-        pool.run(inbound_rx, events, stopped).await;
+        pool.run(inbound_rx, failed_rx, events, stopped).await;
         reader.abort();
+        // The pool is gone, so is the writer's input: it stores what it still holds and ends.
+        let _ = writer.await;
     });
     Ok(PoolHandle {
         endpoint: bound,
@@ -267,12 +280,59 @@ struct Pool {
     expired: HashMap<String, Claim>,
     expired_order: VecDeque<String>,
     stats: Arc<PoolStats>,
+    /// Results on their way to the store.
+    results: mpsc::Sender<PendingResult>,
+}
+
+/// A result waiting for the result writer.
+struct PendingResult {
+    assigned: Assigned,
+    backend: String,
+    png: Vec<u8>,
+    info: String,
+}
+
+/// Stores results in batches: whatever has arrived while the previous batch was written goes
+/// into the next transaction (group commit). Results whose write failed go back to the pool.
+async fn write_results(
+    jobs: Arc<JobService>,
+    stats: Arc<PoolStats>,
+    mut pending: mpsc::Receiver<PendingResult>,
+    failed: mpsc::Sender<Assigned>,
+) {
+    let mut batch = Vec::with_capacity(RESULT_BATCH);
+    while pending.recv_many(&mut batch, RESULT_BATCH).await > 0 {
+        let results: Vec<_> = batch
+            .iter()
+            .map(|p| crate::jobs::JobResult {
+                claim: &p.assigned.claim,
+                late: false,
+                backend: &p.backend,
+                png: &p.png,
+                info: &p.info,
+            })
+            .collect();
+        match jobs.finish_many(&results).await {
+            Ok(done) => {
+                let stored = done.iter().filter(|d| **d).count() as u64;
+                stats.finished.fetch_add(stored, Ordering::Relaxed);
+            }
+            Err(err) => {
+                tracing::error!(error = %err, results = batch.len(), "could not store results");
+                for p in batch.drain(..) {
+                    let _ = failed.send(p.assigned).await;
+                }
+            }
+        }
+        batch.clear();
+    }
 }
 
 impl Pool {
     async fn run(
         mut self,
         mut inbound: mpsc::Receiver<Wire>,
+        mut failed_writes: mpsc::Receiver<Assigned>,
         mut events: broadcast::Receiver<JobEvent>,
         mut stopped: tokio::sync::oneshot::Receiver<()>,
     ) {
@@ -298,6 +358,9 @@ impl Pool {
                     }
                     None => break,
                 },
+                Some(assigned) = failed_writes.recv() => {
+                    self.fault(assigned, "the result could not be stored").await;
+                }
                 event = events.recv() => {
                     may_dispatch = matches!(
                         event,
@@ -478,17 +541,16 @@ impl Pool {
         let backend = format!("worker:{hostname}");
         let info = serde_json::json!({"backend": backend, "hostname": hostname}).to_string();
         if let Some(assigned) = self.take_outstanding(&identity, &id_num) {
-            match self
-                .jobs
-                .finish(&assigned.claim, &backend, &png, &info)
-                .await
-            {
-                Ok(true) => PoolStats::add(&self.stats.finished),
-                Ok(false) => {}
-                Err(err) => {
-                    tracing::error!(job_id = assigned.claim.id(), error = %err, "could not store a result");
-                    self.fault(assigned, "the result could not be stored").await;
-                }
+            // Stored by the result writer, off the pool's task, so dispatch goes on meanwhile.
+            let result = PendingResult {
+                assigned,
+                backend,
+                png,
+                info,
+            };
+            if let Err(mpsc::error::SendError(result)) = self.results.send(result).await {
+                self.fault(result.assigned, "the result writer stopped")
+                    .await;
             }
         } else if let Some(claim) = self.expired.remove(&id_num) {
             match self.jobs.finish_late(&claim, &backend, &png, &info).await {
@@ -572,65 +634,85 @@ impl Pool {
         }
     }
 
-    /// Hands queued jobs to ready workers, least recently ready first.
+    /// Hands queued jobs to ready workers, least recently ready first: one claim for as many
+    /// jobs as there are idle ready workers.
     async fn dispatch(&mut self) {
+        let mut idle = Vec::with_capacity(self.ready.len());
         while let Some(identity) = self.ready.pop_front() {
-            let Some(worker) = self.workers.get_mut(&identity) else {
-                continue;
-            };
-            worker.in_ready = false;
-            if worker.job.is_some() {
-                continue;
+            if let Some(worker) = self.workers.get_mut(&identity) {
+                worker.in_ready = false;
+                if worker.job.is_none() {
+                    idle.push(identity);
+                }
             }
-            let claim = match self.jobs.claim("worker-pool").await {
-                Ok(Some(claim)) => claim,
-                Ok(None) => {
-                    self.put_back(identity);
-                    return;
-                }
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot claim jobs for workers");
-                    self.put_back(identity);
-                    return;
-                }
-            };
-            let id_num = new_id_num();
-            let Some(worker) = self.workers.get(&identity) else {
-                continue;
-            };
-            let json = match &worker.kind {
-                Kind::Seed => serde_json::to_string(&SeedJob {
-                    prompt: claim.request.prompt.clone(),
-                    cfg: claim.request.cfg_scale,
-                    steps: claim.request.steps,
-                    id_num: id_num.clone(),
-                }),
-                Kind::Easel(_) => serde_json::to_string(&ExtendedJob::new(&claim.request, &id_num)),
+        }
+        if idle.is_empty() {
+            return;
+        }
+        let claims = match self.jobs.claim_many("worker-pool", idle.len()).await {
+            Ok(claims) => claims,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot claim jobs for workers");
+                Vec::new()
             }
-            .expect("job serializes");
-            let deadline = Instant::now() + deadline(&self.config, &claim.request);
-            match self.send_json(&identity, json).await {
-                Ok(()) => {
-                    PoolStats::add(&self.stats.dispatched);
-                    tracing::debug!(job_id = claim.id(), worker = %identity_label(&identity), "job dispatched");
-                    self.outstanding.insert(id_num.clone(), identity.clone());
-                    if let Some(worker) = self.workers.get_mut(&identity) {
-                        worker.job = Some(Assigned {
-                            claim,
-                            id_num,
-                            deadline,
-                        });
-                    }
-                    self.refresh_gauges();
+        };
+        let mut idle = idle.into_iter();
+        for claim in claims {
+            let identity = idle.next().expect("no more claims than idle workers");
+            self.send_job(identity, claim).await;
+        }
+        // Those left keep their place at the head of the line.
+        let rest: Vec<Bytes> = idle.collect();
+        for identity in rest.into_iter().rev() {
+            self.put_back(identity);
+        }
+    }
+
+    async fn send_job(&mut self, identity: Bytes, claim: Claim) {
+        let Some(worker) = self.workers.get(&identity) else {
+            // Gone meanwhile: the job was never sent.
+            if let Err(err) = self
+                .jobs
+                .requeue(&claim, "worker left before dispatch")
+                .await
+            {
+                tracing::error!(job_id = claim.id(), error = %err, "could not requeue");
+            }
+            return;
+        };
+        let id_num = new_id_num();
+        let json = match &worker.kind {
+            Kind::Seed => serde_json::to_string(&SeedJob {
+                prompt: claim.request.prompt.clone(),
+                cfg: claim.request.cfg_scale,
+                steps: claim.request.steps,
+                id_num: id_num.clone(),
+            }),
+            Kind::Easel(_) => serde_json::to_string(&ExtendedJob::new(&claim.request, &id_num)),
+        }
+        .expect("job serializes");
+        let deadline = Instant::now() + deadline(&self.config, &claim.request);
+        match self.send_json(&identity, json).await {
+            Ok(()) => {
+                PoolStats::add(&self.stats.dispatched);
+                tracing::debug!(job_id = claim.id(), worker = %identity_label(&identity), "job dispatched");
+                self.outstanding.insert(id_num.clone(), identity.clone());
+                if let Some(worker) = self.workers.get_mut(&identity) {
+                    worker.job = Some(Assigned {
+                        claim,
+                        id_num,
+                        deadline,
+                    });
                 }
-                Err(err) => {
-                    // A dead identity: the job never left, so it is no fault of the job's.
-                    tracing::info!(worker = %identity_label(&identity), error = %err, "worker unreachable; forgetting it");
-                    self.workers.remove(&identity);
-                    self.refresh_gauges();
-                    if let Err(err) = self.jobs.requeue(&claim, "worker unreachable").await {
-                        tracing::error!(job_id = claim.id(), error = %err, "could not requeue");
-                    }
+                self.refresh_gauges();
+            }
+            Err(err) => {
+                // A dead identity: the job never left, so it is no fault of the job's.
+                tracing::info!(worker = %identity_label(&identity), error = %err, "worker unreachable; forgetting it");
+                self.workers.remove(&identity);
+                self.refresh_gauges();
+                if let Err(err) = self.jobs.requeue(&claim, "worker unreachable").await {
+                    tracing::error!(job_id = claim.id(), error = %err, "could not requeue");
                 }
             }
         }
