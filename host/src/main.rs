@@ -191,6 +191,41 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// Runs `future` on a fresh runtime; an error is printed as `{what}: {error}`.
+fn block_on<E: std::fmt::Display>(
+    what: &str,
+    future: impl Future<Output = Result<(), E>>,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(future) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            if tracing::dispatcher::has_been_set() {
+                tracing::error!("{what}: {err}");
+            } else {
+                eprintln!("{what}: {err}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The `--logging-level` value as a filter, or exit code 2 with a clear line.
+fn parse_level(level: &str) -> Result<&'static str, ExitCode> {
+    level_filter(level).ok_or_else(|| {
+        eprintln!(
+            "error: --logging-level: found {level:?}, expected one of DEBUG, INFO, WARNING, ERROR"
+        );
+        ExitCode::from(2)
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -202,22 +237,15 @@ fn main() -> ExitCode {
                     probes,
                     database,
                 },
-        } => {
-            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-            let options = easel::bench::PoolBenchOptions {
+        } => block_on(
+            "bench failed",
+            easel::bench::pool(easel::bench::PoolBenchOptions {
                 jobs,
                 workers,
                 probes,
                 database,
-            };
-            match runtime.block_on(easel::bench::pool(options)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    eprintln!("bench failed: {err}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+            }),
+        ),
         Command::Bench {
             what:
                 Bench::Jobs {
@@ -226,22 +254,15 @@ fn main() -> ExitCode {
                     size,
                     database,
                 },
-        } => {
-            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-            let options = easel::bench::BenchOptions {
+        } => block_on(
+            "bench failed",
+            easel::bench::run(easel::bench::BenchOptions {
                 jobs,
                 workers,
                 database,
                 size,
-            };
-            match runtime.block_on(easel::bench::run(options)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    eprintln!("bench failed: {err}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+            }),
+        ),
         Command::Worker {
             host_ip,
             host_port,
@@ -251,11 +272,9 @@ fn main() -> ExitCode {
             hostname,
             logging_level,
         } => {
-            let Some(level) = level_filter(&logging_level) else {
-                eprintln!(
-                    "error: --logging-level: found {logging_level:?}, expected one of DEBUG, INFO, WARNING, ERROR"
-                );
-                return ExitCode::from(2);
+            let level = match parse_level(&logging_level) {
+                Ok(level) => level,
+                Err(code) => return code,
             };
             tracing_subscriber::fmt()
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -277,25 +296,16 @@ fn main() -> ExitCode {
                     .filter(|t| !t.is_empty()),
                 hostname: hostname.unwrap_or_else(easel::server::host_name),
             };
-            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-            match runtime.block_on(easel::workers::client::run(options)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    eprintln!("error: {err}");
-                    ExitCode::FAILURE
-                }
-            }
+            block_on("error", easel::workers::client::run(options))
         }
         Command::Serve {
             config,
             logging_level,
             host_port,
         } => {
-            let Some(level) = level_filter(&logging_level) else {
-                eprintln!(
-                    "error: --logging-level: found {logging_level:?}, expected one of DEBUG, INFO, WARNING, ERROR"
-                );
-                return ExitCode::from(2);
+            let level = match parse_level(&logging_level) {
+                Ok(level) => level,
+                Err(code) => return code,
             };
             let must_exist = config.is_some();
             let path = config.unwrap_or_else(|| PathBuf::from("config.toml"));
@@ -313,20 +323,10 @@ fn main() -> ExitCode {
             };
             let _guard = init_logging(level, &config.misc_settings.log_dir);
             tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "starting easel");
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(runtime) => runtime,
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot start the async runtime");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(easel::server::run(config, shutdown_signal())) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    tracing::error!("{err}");
-                    ExitCode::FAILURE
-                }
-            }
+            block_on(
+                "cannot serve",
+                easel::server::run(config, shutdown_signal()),
+            )
         }
     }
 }

@@ -68,21 +68,33 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+/// Runs `bench` on `database`, or on a fresh SQLite file removed afterwards.
+async fn on_database<'a, F, Fut>(database: Option<&'a str>, bench: F) -> Result<(), BenchError>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = Result<(), BenchError>> + 'a,
+{
+    if let Some(url) = database {
+        return bench(url.to_owned()).await;
+    }
+    let tmp = std::env::temp_dir().join(format!(
+        "easel-bench-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&tmp)?;
+    let result = bench(format!("sqlite://{}", tmp.join("bench.db").display())).await;
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
 /// Runs both phases and prints the report.
 pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
-    let tmp = std::env::temp_dir().join(format!("easel-bench-{}", std::process::id()));
-    let url = match &options.database {
-        Some(url) => url.clone(),
-        None => {
-            std::fs::create_dir_all(&tmp)?;
-            format!("sqlite://{}", tmp.join("bench.db").display())
-        }
-    };
-    let result = run_on(&url, &options).await;
-    if options.database.is_none() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result
+    let options = &options;
+    on_database(options.database.as_deref(), |url| async move {
+        run_on(&url, options).await
+    })
+    .await
 }
 
 async fn run_on(url: &str, options: &BenchOptions) -> Result<(), BenchError> {
@@ -264,19 +276,11 @@ async fn bench_worker(
 
 /// Runs `easel bench pool` and prints the report.
 pub async fn pool(options: PoolBenchOptions) -> Result<(), BenchError> {
-    let tmp = std::env::temp_dir().join(format!("easel-bench-pool-{}", std::process::id()));
-    let url = match &options.database {
-        Some(url) => url.clone(),
-        None => {
-            std::fs::create_dir_all(&tmp)?;
-            format!("sqlite://{}", tmp.join("bench.db").display())
-        }
-    };
-    let result = pool_on(&url, &options).await;
-    if options.database.is_none() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result
+    let options = &options;
+    on_database(options.database.as_deref(), |url| async move {
+        pool_on(&url, options).await
+    })
+    .await
 }
 
 async fn pool_on(url: &str, options: &PoolBenchOptions) -> Result<(), BenchError> {

@@ -461,37 +461,40 @@ impl JobService {
 
     /// Fails the job for good.
     pub async fn fail(&self, claim: &Claim, error: &str) -> Result<bool, JobError> {
-        self.take_interrupt(claim.id());
-        let done = self
-            .store
-            .end_attempt(claim.id(), claim.attempt, JobStatus::Failed, error)
-            .await?;
-        if done {
-            tracing::warn!(job_id = claim.id(), error, "job failed");
-            self.emit(JobEvent::Failed {
-                job_id: claim.id().to_owned(),
-                error: error.to_owned(),
-            });
-        }
-        Ok(done)
+        self.end(claim, JobStatus::Failed, error).await
     }
 
-    /// Puts the job back in the queue (its backend went away).
+    /// Puts the job back in the queue (its backend went away before it could run it).
     pub async fn requeue(&self, claim: &Claim, reason: &str) -> Result<bool, JobError> {
+        self.end(claim, JobStatus::Queued, reason).await
+    }
+
+    /// Ends the claim with `status` (failed, or queued again) and says so.
+    async fn end(&self, claim: &Claim, status: JobStatus, why: &str) -> Result<bool, JobError> {
         self.take_interrupt(claim.id());
         let done = self
             .store
-            .end_attempt(claim.id(), claim.attempt, JobStatus::Queued, reason)
+            .end_attempt(claim.id(), claim.attempt, status, why)
             .await?;
-        if done {
-            tracing::warn!(job_id = claim.id(), reason, "job requeued");
+        if !done {
+            return Ok(false);
+        }
+        let job_id = claim.id().to_owned();
+        if status == JobStatus::Queued {
+            tracing::warn!(job_id, reason = why, "job requeued");
             self.emit(JobEvent::Requeued {
-                job_id: claim.id().to_owned(),
-                reason: reason.to_owned(),
+                job_id,
+                reason: why.to_owned(),
             });
             self.work.notify_one();
+        } else {
+            tracing::warn!(job_id, error = why, "job failed");
+            self.emit(JobEvent::Failed {
+                job_id,
+                error: why.to_owned(),
+            });
         }
-        Ok(done)
+        Ok(true)
     }
 
     /// Interrupts a queued (removed from the queue) or running (its backend is told at its
