@@ -9,6 +9,7 @@
 //! | [`store`] | SQLite / MariaDB / PostgreSQL storage and migrations |
 //! | [`jobs`] | the job model, durable queue and event stream |
 //! | [`sim`] | the simulated backend (draws a real PNG without a GPU) |
+//! | [`plugins`] | the wasmtime runtime for the policy plugins of `wit/` |
 //! | [`workers`] | the ZeroMQ worker pool and the `easel worker` client |
 //! | [`api`] | the Navigator-compatible HTTP API |
 //! | [`server`] | starting and stopping all of the above together |
@@ -18,6 +19,7 @@ pub mod api;
 pub mod bench;
 pub mod config;
 pub mod jobs;
+pub mod plugins;
 pub mod server;
 pub mod sim;
 pub mod store;

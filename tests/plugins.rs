@@ -1,0 +1,182 @@
+//! The default parser plugin, as built and committed (`plugins/parser.wasm`), run through the
+//! host's plugin runtime: compat.md §1.7.1 row by row, with the seed's reply strings.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use easel::plugins::{Limits, Outcome, ParserPlugin, Runtime, example_caller};
+
+const PARSER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/parser.wasm");
+
+fn parser(config: Vec<(String, String)>) -> ParserPlugin {
+    let runtime = Runtime::new(Limits::default()).unwrap();
+    runtime
+        .load_parser("parser", Path::new(PARSER), config)
+        .unwrap()
+}
+
+/// (prompt, cfg, steps, warnings) of a request, or the text of help/error, or "ignore".
+fn run(plugin: &ParserPlugin, content: &str) -> String {
+    match plugin.parse(content, &example_caller()).unwrap() {
+        Outcome::Ignore => "ignore".into(),
+        Outcome::Help(text) => format!("help:{}", text.lines().next().unwrap_or("")),
+        Outcome::Error(text) => format!("error:{text}"),
+        Outcome::Request(parsed) => format!(
+            "prompt={:?} cfg={} steps={} warnings={:?}",
+            parsed.request.prompt, parsed.request.cfg, parsed.request.steps, parsed.warnings
+        ),
+    }
+}
+
+#[test]
+fn seed_parse_table_through_the_plugin() {
+    let p = parser(Vec::new());
+    let rows: &[(&str, &str)] = &[
+        (
+            "/art a cat",
+            r#"prompt="a cat" cfg=7.5 steps=50 warnings=[]"#,
+        ),
+        (
+            "/art a cat --cfg 5",
+            r#"prompt="a cat" cfg=5 steps=50 warnings=[]"#,
+        ),
+        (
+            "/art a cat --cfg 5 more words",
+            r#"prompt="a cat" cfg=5 steps=50 warnings=["Skipping unknown args: more words"]"#,
+        ),
+        (
+            "/art a \"cat dog\" --steps 10",
+            r#"prompt="a \"cat dog\"" cfg=7.5 steps=10 warnings=[]"#,
+        ),
+        (
+            "/art a cat --foo bar",
+            r#"prompt="a cat" cfg=7.5 steps=50 warnings=["Skipping unknown args: --foo bar"]"#,
+        ),
+        (
+            "/art a cat -h",
+            r#"prompt="a cat" cfg=7.5 steps=50 warnings=["Skipping unknown args: -h"]"#,
+        ),
+        (
+            "/art a \"cat",
+            "error:Prompt has open quotation with no closing quotation. Please fix and try again.",
+        ),
+        (
+            "/art a cat --steps x",
+            "error:Prompt has invalid integer input on integer argument. Please fix and try again.",
+        ),
+        (
+            "/art a cat --steps 2.5",
+            "error:Prompt has invalid integer input on integer argument. Please fix and try again.",
+        ),
+        (
+            "/art a cat --cfg",
+            "error:Prompt has invalid integer input on integer argument. Please fix and try again.",
+        ),
+        (
+            "/art --steps 20 a cat",
+            r#"prompt="a cat" cfg=7.5 steps=20 warnings=[]"#,
+        ),
+        (
+            "/art a red fox --st 20",
+            r#"prompt="a red fox" cfg=7.5 steps=20 warnings=[]"#,
+        ),
+        (
+            "/art a cat --c=3",
+            r#"prompt="a cat" cfg=3 steps=50 warnings=[]"#,
+        ),
+        (
+            "/art a cat --cfg -1",
+            r#"prompt="a cat" cfg=-1 steps=50 warnings=[]"#,
+        ),
+        ("/art", "error:Skipping request with empty prompt."),
+        (
+            "/art --steps 5",
+            "error:Skipping request with empty prompt.",
+        ),
+        // The wake word is case-sensitive, a prefix match, and removed everywhere.
+        ("/ART a cat", "ignore"),
+        ("hello /art a cat", "ignore"),
+        (
+            "/artsy fox",
+            r#"prompt="sy fox" cfg=7.5 steps=50 warnings=[]"#,
+        ),
+        (
+            "/art a /art cat",
+            r#"prompt="a cat" cfg=7.5 steps=50 warnings=[]"#,
+        ),
+        (
+            "/art a cat --help",
+            "help:usage: StableDiscord [--cfg CFG] [--steps STEPS] [prompt ...]",
+        ),
+        (
+            "/art --helpme",
+            "help:usage: StableDiscord [--cfg CFG] [--steps STEPS] [prompt ...]",
+        ),
+    ];
+    for (input, expected) in rows {
+        assert_eq!(run(&p, input), *expected, "input {input:?}");
+    }
+}
+
+#[test]
+fn help_text_is_the_seeds() {
+    let p = parser(Vec::new());
+    let Outcome::Help(text) = p.parse("/art --help", &example_caller()).unwrap() else {
+        panic!("help expected");
+    };
+    assert!(
+        text.contains("to an argument is presumed to bethe prompt."),
+        "{text}"
+    );
+    assert!(text.contains("(Defaults to 50)"));
+}
+
+#[test]
+fn wake_word_comes_from_the_plugin_config() {
+    let p = parser(vec![("wake_word".into(), "!paint".into())]);
+    assert_eq!(run(&p, "/art a cat"), "ignore");
+    assert_eq!(
+        run(&p, "!paint a cat --steps 3"),
+        r#"prompt="a cat" cfg=7.5 steps=3 warnings=[]"#
+    );
+}
+
+#[test]
+fn not_a_component_is_a_clear_error() {
+    let runtime = Runtime::new(Limits::default()).unwrap();
+    let err = runtime
+        .parser_from_bytes("junk", b"\0asm\x01\0\0\0", Vec::new())
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("junk is not a valid plugin"), "{err}");
+    let err = runtime
+        .load_parser("missing", Path::new("/nonexistent.wasm"), Vec::new())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot read /nonexistent.wasm"), "{err}");
+}
+
+#[test]
+fn calls_run_concurrently_in_fresh_instances() {
+    let p = Arc::new(parser(Vec::new()));
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                for i in 0..200 {
+                    let out = run(&p, &format!("/art fox {t} {i} --steps {}", i % 50 + 1));
+                    assert_eq!(
+                        out,
+                        format!(
+                            r#"prompt="fox {t} {i}" cfg=7.5 steps={} warnings=[]"#,
+                            i % 50 + 1
+                        )
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
