@@ -180,3 +180,87 @@ fn calls_run_concurrently_in_fresh_instances() {
         t.join().unwrap();
     }
 }
+
+const HOSTILE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../plugins/fixtures/hostile.wasm"
+);
+
+fn hostile(limits: Limits) -> ParserPlugin {
+    let runtime = Runtime::new(limits).unwrap();
+    runtime
+        .load_parser("hostile", Path::new(HOSTILE), Vec::new())
+        .unwrap()
+}
+
+fn answers(plugin: &ParserPlugin, content: &str) -> bool {
+    matches!(
+        plugin.parse(content, &example_caller()),
+        Ok(Outcome::Help(text)) if text == format!("ok: {content}")
+    )
+}
+
+#[test]
+fn an_endless_loop_is_stopped_at_the_deadline() {
+    let limits = Limits {
+        deadline: std::time::Duration::from_millis(50),
+        ..Limits::default()
+    };
+    let plugin = hostile(limits);
+    let started = std::time::Instant::now();
+    let err = plugin
+        .parse("loop", &example_caller())
+        .unwrap_err()
+        .to_string();
+    let took = started.elapsed();
+    assert!(err.contains("deadline of 50ms exceeded"), "{err}");
+    // Stopped at the deadline, not long after (a loose bound: tests share 2 cores; the tight
+    // number is for a benchmark to measure).
+    assert!(
+        took >= std::time::Duration::from_millis(50)
+            && took <= std::time::Duration::from_millis(300),
+        "stopped after {took:?}"
+    );
+    // The next call gets a fresh instance and answers.
+    assert!(answers(&plugin, "still here"));
+}
+
+#[test]
+fn unbounded_memory_is_trapped_at_the_cap() {
+    let plugin = hostile(Limits {
+        memory: 8 << 20,
+        deadline: std::time::Duration::from_secs(5),
+        ..Limits::default()
+    });
+    let err = plugin
+        .parse("grow", &example_caller())
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("plugin hostile failed"), "{err}");
+    assert!(answers(&plugin, "after the hog"));
+}
+
+#[test]
+fn a_panic_and_a_huge_answer_are_contained() {
+    let plugin = hostile(Limits {
+        memory: 16 << 20,
+        ..Limits::default()
+    });
+    let err = plugin
+        .parse("panic", &example_caller())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unreachable") || err.contains("wasm trap"),
+        "{err}"
+    );
+    // 64 MiB does not fit under a 16 MiB cap: the guest fails to allocate and traps.
+    assert!(plugin.parse("huge", &example_caller()).is_err());
+    assert!(answers(&plugin, "fine"));
+    // And the real parser, on the same kind of runtime, is unaffected.
+    let real = parser(Vec::new());
+    assert_eq!(
+        run(&real, "/art a cat"),
+        r#"prompt="a cat" cfg=7.5 steps=50 warnings=[]"#
+    );
+}
