@@ -264,3 +264,75 @@ fn a_panic_and_a_huge_answer_are_contained() {
         r#"prompt="a cat" cfg=7.5 steps=50 warnings=[]"#
     );
 }
+
+fn easel(args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_easel"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+    )
+}
+
+#[test]
+fn operator_cli_check_and_call() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins");
+    let (ok, out, _) = easel(&[
+        "plugin",
+        "call",
+        "parser",
+        "parse",
+        "\"/art a red fox --steps 20\"",
+        "--dir",
+        dir,
+    ]);
+    assert!(ok);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["request"]["request"]["prompt"], "a red fox");
+    assert_eq!(json["request"]["request"]["steps"], 20);
+    assert_eq!(json["request"]["warnings"], serde_json::json!([]));
+
+    let (ok, out, _) = easel(&[
+        "plugin",
+        "call",
+        "parser",
+        "parse",
+        "\"hello\"",
+        "--dir",
+        dir,
+    ]);
+    assert!(ok);
+    assert_eq!(out, r#"{"ignore":null}"#);
+
+    let (ok, _, err) = easel(&[
+        "plugin",
+        "call",
+        "parser",
+        "parse",
+        "\"/art x\"",
+        r#"{"is-dm": "yes"}"#,
+        "--dir",
+        dir,
+    ]);
+    assert!(!ok);
+    assert_eq!(
+        err,
+        "error: caller.is-dm: expected true or false, found \"yes\""
+    );
+
+    let (ok, out, _) = easel(&["plugin", "check", PARSER]);
+    assert!(
+        ok && out.contains("ok, exports easel:plugin/parser@0.1.0"),
+        "{out}"
+    );
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let (ok, _, err) = easel(&["plugin", "check", manifest]);
+    assert!(!ok);
+    assert!(
+        err.contains("is not a valid plugin") && err.lines().count() == 1,
+        "{err}"
+    );
+}

@@ -63,10 +63,37 @@ enum Command {
         )]
         logging_level: String,
     },
+    /// Inspect and try plugins without a running server.
+    Plugin {
+        #[command(subcommand)]
+        what: PluginCommand,
+    },
     /// Measure easel against a baseline taken in the same run.
     Bench {
         #[command(subcommand)]
         what: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Validate a component against the contract (today: the parser role).
+    Check {
+        /// The .wasm file.
+        file: PathBuf,
+    },
+    /// Call a plugin function; each ARG is the JSON of one WIT parameter, left-out ones get
+    /// defaults (a caller the default access rules allow). Prints the result as one JSON line.
+    Call {
+        /// A plugin name (a file `<dir>/<name>.wasm`) or a path to a .wasm file.
+        plugin: String,
+        /// The function (today: `parse`).
+        function: String,
+        /// JSON arguments in WIT order.
+        args: Vec<String>,
+        /// Where plugins live.
+        #[arg(long, default_value = "plugins")]
+        dir: PathBuf,
     },
 }
 
@@ -226,9 +253,107 @@ fn parse_level(level: &str) -> Result<&'static str, ExitCode> {
     })
 }
 
+fn plugin_command(command: PluginCommand) -> ExitCode {
+    use easel::plugins::{Limits, Runtime, caller_from_json, outcome_json};
+    let runtime = match Runtime::new(Limits::default()) {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match command {
+        PluginCommand::Check { file } => {
+            match runtime.load_parser(&plugin_name(&file), &file, Vec::new()) {
+                Ok(plugin) => {
+                    println!(
+                        "{}: ok, exports easel:plugin/parser@0.1.0 (sha256 {})",
+                        file.display(),
+                        plugin.sha256()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("{}: {err}", file.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        PluginCommand::Call {
+            plugin,
+            function,
+            args,
+            dir,
+        } => {
+            let path = if plugin.ends_with(".wasm") {
+                PathBuf::from(&plugin)
+            } else {
+                dir.join(format!("{plugin}.wasm"))
+            };
+            if function != "parse" {
+                eprintln!(
+                    "error: unknown function {function:?}; this build knows: parse (parser role)"
+                );
+                return ExitCode::from(2);
+            }
+            let parsed: Result<Vec<serde_json::Value>, _> =
+                args.iter().map(|a| serde_json::from_str(a)).collect();
+            let args = match parsed {
+                Ok(args) if (1..=2).contains(&args.len()) => args,
+                Ok(_) => {
+                    eprintln!(
+                        "error: parse takes CONTENT [CALLER]: the JSON of a string, then optionally of a caller"
+                    );
+                    return ExitCode::from(2);
+                }
+                Err(err) => {
+                    eprintln!("error: an argument is not JSON: {err}");
+                    return ExitCode::from(2);
+                }
+            };
+            let Some(content) = args[0].as_str() else {
+                eprintln!("error: content must be a JSON string, found {}", args[0]);
+                return ExitCode::from(2);
+            };
+            let caller = match args.get(1).map(caller_from_json).transpose() {
+                Ok(caller) => caller.unwrap_or_else(easel::plugins::example_caller),
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    return ExitCode::from(2);
+                }
+            };
+            let config = vec![(
+                "wake_word".to_owned(),
+                easel::config::DiscordSettings::default().wake_word,
+            )];
+            let result = runtime
+                .load_parser(&plugin_name(&path), &path, config)
+                .and_then(|p| p.parse(content, &caller));
+            match result {
+                Ok(outcome) => {
+                    println!("{}", outcome_json(&outcome));
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// A plugin's name: its file stem.
+fn plugin_name(path: &std::path::Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "plugin".to_owned())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Plugin { what } => plugin_command(what),
         Command::Bench {
             what:
                 Bench::Pool {

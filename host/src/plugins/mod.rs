@@ -175,7 +175,11 @@ impl Runtime {
     ) -> Result<ParserPlugin, PluginError> {
         let invalid = |err: wasmtime::Error| PluginError::Invalid {
             name: name.to_owned(),
-            message: format!("{err:#}"),
+            // One line: wasmtime's chain may span several.
+            message: format!("{err:#}")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
         };
         let component = Component::new(&self.engine, bytes).map_err(invalid)?;
         let mut linker = Linker::<CallState>::new(&self.engine);
@@ -307,4 +311,81 @@ pub fn example_caller() -> Caller {
         is_dm: false,
         is_self: false,
     }
+}
+
+/// The JSON form of an outcome, as `easel plugin call` prints it: records → objects, variants
+/// → `{"case": payload}` (`null` payload for a case without one).
+pub fn outcome_json(outcome: &Outcome) -> serde_json::Value {
+    use serde_json::json;
+    match outcome {
+        Outcome::Ignore => json!({"ignore": null}),
+        Outcome::Help(text) => json!({"help": text}),
+        Outcome::Error(text) => json!({"error": text}),
+        Outcome::Request(parsed) => {
+            let r = &parsed.request;
+            json!({"request": {
+                "request": {
+                    "prompt": r.prompt,
+                    "negative-prompt": r.negative_prompt,
+                    "cfg": r.cfg,
+                    "steps": r.steps,
+                    "width": r.width,
+                    "height": r.height,
+                    "seed": r.seed,
+                    "model": r.model,
+                    "sampler": r.sampler,
+                    "extra": r.extra,
+                },
+                "warnings": parsed.warnings,
+            }})
+        }
+    }
+}
+
+/// A caller from JSON (`{"user-tag": "x#0", "is-dm": true, …}`, kebab- or snake-case keys);
+/// keys left out keep the values of [`example_caller`].
+pub fn caller_from_json(value: &serde_json::Value) -> Result<Caller, String> {
+    let mut caller = example_caller();
+    let Some(object) = value.as_object() else {
+        return Err(format!("a caller is a JSON object, found {value}"));
+    };
+    for (key, v) in object {
+        let text = || {
+            v.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| format!("caller.{key}: expected a string, found {v}"))
+        };
+        let flag = || {
+            v.as_bool()
+                .ok_or_else(|| format!("caller.{key}: expected true or false, found {v}"))
+        };
+        match key.replace('_', "-").as_str() {
+            "front-end" => {
+                caller.front_end = match v.as_str() {
+                    Some("discord") => FrontEnd::Discord,
+                    Some("http") => FrontEnd::Http,
+                    _ => {
+                        return Err(format!(
+                            "caller.{key}: expected \"discord\" or \"http\", found {v}"
+                        ));
+                    }
+                }
+            }
+            "user-id" => caller.user_id = text()?,
+            "user-tag" => caller.user_tag = text()?,
+            "role" => {
+                caller.role = v
+                    .as_u64()
+                    .and_then(|r| u8::try_from(r).ok())
+                    .ok_or_else(|| format!("caller.{key}: expected a role 0-4, found {v}"))?
+            }
+            "guild" => caller.guild = text()?,
+            "channel" => caller.channel = text()?,
+            "channel-id" => caller.channel_id = text()?,
+            "is-dm" => caller.is_dm = flag()?,
+            "is-self" => caller.is_self = flag()?,
+            other => return Err(format!("caller has no field `{other}`")),
+        }
+    }
+    Ok(caller)
 }
