@@ -336,3 +336,156 @@ fn operator_cli_check_and_call() {
         "{err}"
     );
 }
+
+mod hot_reload {
+    use super::*;
+    use easel::plugins::{PluginConfigs, Registry};
+    use std::time::{Duration, Instant};
+
+    fn sha256_hex(bytes: &[u8]) -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn list_shows_good_and_bad_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(PARSER, dir.path().join("parser.wasm")).unwrap();
+        std::fs::write(dir.path().join("broken.wasm"), b"not wasm").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"ignored").unwrap();
+        let runtime = Runtime::new(Limits::default()).unwrap();
+        let registry = Registry::open(runtime, dir.path(), PluginConfigs::new()).unwrap();
+        let list = registry.list();
+        assert_eq!(list.len(), 2);
+        assert_eq!((list[0].name.as_str(), list[0].state), ("broken", "failed"));
+        assert!(
+            list[0]
+                .last_error
+                .as_deref()
+                .unwrap()
+                .contains("not a valid plugin")
+        );
+        assert_eq!((list[1].name.as_str(), list[1].state), ("parser", "ok"));
+        assert_eq!(list[1].exports, ["parser"]);
+        assert!(registry.parser("broken").is_none());
+        assert!(registry.parser("parser").is_some());
+    }
+
+    /// 8 threads call the plugin in a loop while its file is replaced 100 times (rename into
+    /// place, write in place, now and then garbage): no call fails, each is answered by one
+    /// of the two versions, and the last good version ends up serving.
+    #[test]
+    fn replaced_under_concurrent_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("p.wasm");
+        let versions = [
+            std::fs::read(PARSER).unwrap(),
+            std::fs::read(HOSTILE).unwrap(),
+        ];
+        std::fs::write(&target, &versions[0]).unwrap();
+        // This test is about reloading: a deadline far above what a call takes even when the
+        // 8 callers and the compiler share 2 busy cores.
+        let runtime = Runtime::new(Limits {
+            deadline: Duration::from_secs(5),
+            ..Limits::default()
+        })
+        .unwrap();
+        let registry = Registry::open(runtime, dir.path(), PluginConfigs::new()).unwrap();
+        let _watcher = registry.watch().unwrap();
+
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let callers: Vec<_> = (0..8)
+            .map(|t| {
+                let registry = registry.clone();
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let (mut old, mut new) = (0u64, 0u64);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let plugin = registry.parser("p").expect("always a version serving");
+                        let content = format!("/art fox {t}");
+                        match plugin.parse(&content, &example_caller()) {
+                            Ok(Outcome::Request(parsed))
+                                if parsed.request.prompt == format!("fox {t}") =>
+                            {
+                                old += 1
+                            }
+                            Ok(Outcome::Help(text)) if text == format!("ok: {content}") => new += 1,
+                            other => panic!("call answered by neither version: {other:?}"),
+                        }
+                    }
+                    (old, new)
+                })
+            })
+            .collect();
+
+        for i in 0..100 {
+            let bytes = &versions[(i + 1) % 2];
+            if i % 10 == 9 {
+                // A broken file must not replace the working version.
+                std::fs::write(&target, b"\0asm garbage").unwrap();
+                std::thread::sleep(Duration::from_millis(40));
+            }
+            if i % 2 == 0 {
+                let tmp = dir.path().join(".p.wasm.tmp");
+                std::fs::write(&tmp, bytes).unwrap();
+                std::fs::rename(&tmp, &target).unwrap();
+            } else {
+                std::fs::write(&target, bytes).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(40));
+        }
+        // The last write was versions[100 % 2] = the parser.
+        let last = sha256_hex(&versions[0]);
+        wait_for("the last version to serve", || {
+            registry.parser("p").is_some_and(|p| p.sha256() == last)
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut answered = (0, 0);
+        for caller in callers {
+            let (old, new) = caller.join().expect("no call failed");
+            answered.0 += old;
+            answered.1 += new;
+        }
+        assert!(
+            answered.0 > 0 && answered.1 > 0,
+            "both versions answered: {answered:?}"
+        );
+        let status = registry.list().into_iter().find(|s| s.name == "p").unwrap();
+        // Writes closer together than a compile coalesce, so fewer reloads than writes.
+        assert!(status.reloads >= 2, "only {} reloads seen", status.reloads);
+        assert_eq!(status.state, "ok");
+    }
+
+    #[test]
+    fn a_deleted_file_keeps_its_last_version_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("p.wasm");
+        std::fs::copy(PARSER, &target).unwrap();
+        let runtime = Runtime::new(Limits::default()).unwrap();
+        let registry = Registry::open(runtime, dir.path(), PluginConfigs::new()).unwrap();
+        let _watcher = registry.watch().unwrap();
+        std::fs::remove_file(&target).unwrap();
+        wait_for("the deletion to be noticed", || {
+            registry
+                .list()
+                .iter()
+                .any(|s| s.name == "p" && s.state == "stale")
+        });
+        let plugin = registry.parser("p").unwrap();
+        assert!(matches!(
+            plugin.parse("/art a cat", &example_caller()),
+            Ok(Outcome::Request(_))
+        ));
+    }
+}

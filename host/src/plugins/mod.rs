@@ -8,8 +8,8 @@
 //! gets a fresh `Store` and instance, so nothing leaks between users, with a memory cap enforced
 //! by `StoreLimits`. Traps, deadline and memory overruns are errors of that call only.
 //!
-//! Built so far: the runtime and the parser role. The other roles, the registry with hot reload,
-//! failure policies and the operator CLI come with the rest of the plugin work.
+//! Built so far: the runtime, the parser role and the registry with hot reload ([`Registry`]).
+//! The other roles, failure policies and role assignment come with the rest of the plugin work.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,6 +21,10 @@ use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
     StoreLimitsBuilder,
 };
+
+mod registry;
+
+pub use registry::{PluginConfigs, PluginStatus, Registry};
 
 /// Bindings of the parser world.
 mod parser_world {
