@@ -323,6 +323,17 @@ fn operator_cli_check_and_call() {
         "error: caller.is-dm: expected true or false, found \"yes\""
     );
 
+    let (ok, out, _) = easel(&["plugin", "list", "--dir", dir]);
+    assert!(ok);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("parser "))
+        .expect("parser listed");
+    assert!(
+        row.split_whitespace().collect::<Vec<_>>()[1..3] == ["ok", "parser"],
+        "{row}"
+    );
+
     let (ok, out, _) = easel(&["plugin", "check", PARSER]);
     assert!(
         ok && out.contains("ok, exports easel:plugin/parser@0.1.0"),

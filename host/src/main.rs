@@ -77,6 +77,12 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PluginCommand {
+    /// Every plugin of a directory: name, file, sha256, exports, state, last load error.
+    List {
+        /// Where plugins live.
+        #[arg(long, default_value = "plugins")]
+        dir: PathBuf,
+    },
     /// Validate a component against the contract (today: the parser role).
     Check {
         /// The .wasm file.
@@ -263,6 +269,31 @@ fn plugin_command(command: PluginCommand) -> ExitCode {
         }
     };
     match command {
+        PluginCommand::List { dir } => {
+            let registry = match easel::plugins::Registry::open(runtime, &dir, Default::default()) {
+                Ok(registry) => registry,
+                Err(err) => {
+                    eprintln!("error: cannot read {}: {err}", dir.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            println!(
+                "{:<16} {:<7} {:<10} {:<16} {:<30} last error",
+                "NAME", "STATE", "EXPORTS", "SHA256", "FILE"
+            );
+            for p in registry.list() {
+                println!(
+                    "{:<16} {:<7} {:<10} {:<16} {:<30} {}",
+                    p.name,
+                    p.state,
+                    p.exports.join(","),
+                    p.sha256.as_deref().map_or("-", |s| &s[..16]),
+                    p.file.display(),
+                    p.last_error.as_deref().unwrap_or("-")
+                );
+            }
+            ExitCode::SUCCESS
+        }
         PluginCommand::Check { file } => {
             match runtime.load_parser(&plugin_name(&file), &file, Vec::new()) {
                 Ok(plugin) => {
