@@ -120,6 +120,15 @@ enum Bench {
         #[arg(long)]
         database: Option<String>,
     },
+    /// Plugin call cost against a trivial component, and reload latency.
+    Plugins {
+        /// Where the default plugins (and fixtures/) live.
+        #[arg(long, default_value = "plugins")]
+        dir: PathBuf,
+        /// Calls per measurement.
+        #[arg(long, default_value_t = 5000)]
+        calls: usize,
+    },
     /// Worker-pool dispatch throughput and queue-to-worker latency (in-process ZeroMQ workers).
     Pool {
         /// Jobs in the throughput phase.
@@ -385,6 +394,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Plugin { what } => plugin_command(what),
+        Command::Bench {
+            what: Bench::Plugins { dir, calls },
+        } => match easel::bench::plugins(&dir, calls) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("bench failed: {err}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Bench {
             what:
                 Bench::Pool {

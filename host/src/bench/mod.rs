@@ -395,3 +395,95 @@ async fn pool_on(url: &str, options: &PoolBenchOptions) -> Result<(), BenchError
     );
     Ok(())
 }
+
+/// `easel bench plugins`: per-call cost of the parser plugin against a trivial component in the
+/// same runtime, and reload latency (file written → new version answering).
+pub fn plugins(dir: &std::path::Path, calls: usize) -> Result<(), BenchError> {
+    use crate::plugins::{Limits, Outcome, PluginConfigs, Registry, Runtime, example_caller};
+    let io = |e: crate::plugins::PluginError| BenchError::Io(std::io::Error::other(e.to_string()));
+    let runtime = Runtime::new(Limits::default()).map_err(io)?;
+    let trivial = runtime
+        .load_parser("trivial", &dir.join("fixtures/hostile.wasm"), Vec::new())
+        .map_err(io)?;
+    let parser = runtime
+        .load_parser("parser", &dir.join("parser.wasm"), Vec::new())
+        .map_err(io)?;
+    let caller = example_caller();
+    let measure = |plugin: &crate::plugins::ParserPlugin,
+                   content: &str|
+     -> Result<Vec<Duration>, BenchError> {
+        let mut times = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            let started = Instant::now();
+            plugin.parse(content, &caller).map_err(io)?;
+            times.push(started.elapsed());
+        }
+        times.sort();
+        Ok(times)
+    };
+    // Warm up both, then measure.
+    measure(&trivial, "x")?;
+    measure(&parser, "/art a red fox --steps 20")?;
+    let base = measure(&trivial, "x")?;
+    let real = measure(&parser, "/art a red fox --steps 20 --cfg 6")?;
+    println!("easel bench plugins: {calls} calls each, fresh instance per call, pooling allocator");
+    println!(
+        "baseline (trivial component: instantiate + one call): p50 {:.2?}  p99 {:.2?}",
+        percentile(&base, 50.0),
+        percentile(&base, 99.0)
+    );
+    println!(
+        "parser plugin (instantiate + parse):                  p50 {:.2?}  p99 {:.2?}  ratio p50 {:.2}x",
+        percentile(&real, 50.0),
+        percentile(&real, 99.0),
+        percentile(&real, 50.0).as_secs_f64() / percentile(&base, 50.0).as_secs_f64()
+    );
+
+    // Reload latency: alternate the two files under one name, time until the new one answers.
+    let tmp = std::env::temp_dir().join(format!("easel-bench-plugins-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let versions = [
+        std::fs::read(dir.join("parser.wasm"))?,
+        std::fs::read(dir.join("fixtures/hostile.wasm"))?,
+    ];
+    std::fs::write(tmp.join("p.wasm"), &versions[0])?;
+    let registry = Registry::open(runtime, &tmp, PluginConfigs::new())?;
+    let _watcher = registry
+        .watch()
+        .map_err(|e| BenchError::Io(std::io::Error::other(e.to_string())))?;
+    let mut reloads = Vec::new();
+    for i in 1..=10 {
+        let staged = tmp.join(".p.tmp");
+        std::fs::write(&staged, &versions[i % 2])?;
+        let written = Instant::now();
+        std::fs::rename(&staged, tmp.join("p.wasm"))?;
+        let deadline = written + Duration::from_secs(10);
+        loop {
+            let answer = registry.parser("p").map(|p| p.parse("/art x", &caller));
+            let is_new = match answer {
+                Some(Ok(Outcome::Help(_))) => i % 2 == 1,
+                Some(Ok(Outcome::Request(_))) => i % 2 == 0,
+                _ => false,
+            };
+            if is_new {
+                reloads.push(written.elapsed());
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(BenchError::Io(std::io::Error::other(
+                    "reload not seen in 10 s",
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    reloads.sort();
+    println!(
+        "reload (file renamed into place -> new version answering, 10 times): p50 {:.2?}  max {:.2?} (includes a {:?} quiet period)",
+        percentile(&reloads, 50.0),
+        reloads.last().copied().unwrap_or_default(),
+        Duration::from_millis(30)
+    );
+    Ok(())
+}
