@@ -458,8 +458,14 @@ mod hot_reload {
         }
         // The last write was versions[100 % 2] = the parser.
         let last = sha256_hex(&versions[0]);
+        // A write in place may be read half-written (state "stale" for a moment); the event of
+        // its completion loads it whole.
         wait_for("the last version to serve", || {
             registry.parser("p").is_some_and(|p| p.sha256() == last)
+                && registry
+                    .list()
+                    .iter()
+                    .any(|s| s.name == "p" && s.state == "ok")
         });
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut answered = (0, 0);
