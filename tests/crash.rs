@@ -63,6 +63,9 @@ async fn crash_and_restart(engine: Engine) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Jobs take 150 ms and the two workers run in step, so right after a "finished" line both
+    // may be between jobs: kill mid-job instead.
+    tokio::time::sleep(Duration::from_millis(60)).await;
     first.kill();
     let finished_before = count_by_id(&first.lines_with("job finished"));
     assert!(
