@@ -87,12 +87,7 @@ async fn queue_jobs_and_fetch_pngs() {
             )
             .await;
         // Navigator's job object, in its key order.
-        let keys: Vec<&str> = job
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
+        let keys = common::keys(&job);
         assert_eq!(
             keys,
             [

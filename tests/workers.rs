@@ -196,12 +196,7 @@ async fn seed_workers_fifo_exact_keys_intact_pngs() {
     assert_eq!(all_jobs.len(), ids.len(), "every job sent exactly once");
     let mut id_nums = HashSet::new();
     for job in &all_jobs {
-        let keys: Vec<&str> = job
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
+        let keys = common::keys(job);
         assert_eq!(keys, ["prompt", "cfg", "steps", "id_num"], "{job}");
         assert_eq!(job["cfg"], json!(7.5));
         assert_eq!(job["steps"], json!(5));

@@ -378,3 +378,13 @@ pub fn png_size(bytes: &[u8]) -> (u32, u32) {
     let info = reader.next_frame(&mut buf).expect("PNG image data decodes");
     (info.width, info.height)
 }
+
+/// The keys of a JSON object, in order.
+pub fn keys(value: &serde_json::Value) -> Vec<&str> {
+    value
+        .as_object()
+        .expect("a JSON object")
+        .keys()
+        .map(String::as_str)
+        .collect()
+}
