@@ -24,16 +24,7 @@ async fn start(dir: &std::path::Path, step_ms: u64) -> Server {
 }
 
 fn jwt(discord_id: &str, exp_offset: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    jsonwebtoken::encode(
-        &Header::default(),
-        &json!({"discord_id": discord_id, "role": 1, "iat": now, "exp": now + exp_offset}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    common::jwt(SECRET, discord_id, exp_offset)
 }
 
 async fn post(server: &Server, auth: Option<&str>, body: &str) -> (u16, Value) {

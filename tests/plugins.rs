@@ -1,23 +1,26 @@
-//! The default parser plugin, as built and committed (`plugins/parser.wasm`), run through the
-//! host's plugin runtime: compat.md §1.7.1 row by row, with the seed's reply strings.
+//! The plugins as built and committed (`plugins/*.wasm`), run through the host's plugin
+//! runtime: the parser on compat.md §1.7.1 row by row with the seed's reply strings, hostile
+//! components contained, hot reload under load, the operator CLI.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use easel::plugins::{Limits, Outcome, ParserPlugin, Runtime, example_caller};
+use easel::plugins::{Limits, Outcome, Plugin, Runtime, example_caller};
 
 const PARSER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/parser.wasm");
 
-fn parser(config: Vec<(String, String)>) -> ParserPlugin {
+fn parser(config: Vec<(String, String)>) -> (Plugin, Arc<Vec<(String, String)>>) {
     let runtime = Runtime::new(Limits::default()).unwrap();
-    runtime
-        .load_parser("parser", Path::new(PARSER), config)
-        .unwrap()
+    (runtime.load(Path::new(PARSER)).unwrap(), Arc::new(config))
+}
+
+fn no_config() -> Arc<Vec<(String, String)>> {
+    Arc::new(Vec::new())
 }
 
 /// (prompt, cfg, steps, warnings) of a request, or the text of help/error, or "ignore".
-fn run(plugin: &ParserPlugin, content: &str) -> String {
-    match plugin.parse(content, &example_caller()).unwrap() {
+fn run((plugin, config): &(Plugin, Arc<Vec<(String, String)>>), content: &str) -> String {
+    match plugin.parse(config, content, &example_caller()).unwrap() {
         Outcome::Ignore => "ignore".into(),
         Outcome::Help(text) => format!("help:{}", text.lines().next().unwrap_or("")),
         Outcome::Error(text) => format!("error:{text}"),
@@ -120,8 +123,8 @@ fn seed_parse_table_through_the_plugin() {
 
 #[test]
 fn help_text_is_the_seeds() {
-    let p = parser(Vec::new());
-    let Outcome::Help(text) = p.parse("/art --help", &example_caller()).unwrap() else {
+    let (p, config) = parser(Vec::new());
+    let Outcome::Help(text) = p.parse(&config, "/art --help", &example_caller()).unwrap() else {
         panic!("help expected");
     };
     assert!(
@@ -145,12 +148,23 @@ fn wake_word_comes_from_the_plugin_config() {
 fn not_a_component_is_a_clear_error() {
     let runtime = Runtime::new(Limits::default()).unwrap();
     let err = runtime
-        .parser_from_bytes("junk", b"\0asm\x01\0\0\0", Vec::new())
+        .from_bytes("junk", b"\0asm\x01\0\0\0")
         .unwrap_err()
         .to_string();
     assert!(err.starts_with("junk is not a valid plugin"), "{err}");
+    // A well-formed component that exports nothing of easel's.
     let err = runtime
-        .load_parser("missing", Path::new("/nonexistent.wasm"), Vec::new())
+        .from_bytes("empty", b"\0asm\x0d\0\x01\0")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "empty is not a valid plugin: it exports nothing, none of easel's interfaces; a plugin \
+         exports at least one of easel:plugin/access@0.1.0, easel:plugin/parser@0.1.0, \
+         easel:plugin/model-policy@0.1.0, easel:plugin/reactions@0.1.0"
+    );
+    let err = runtime
+        .load(Path::new("/nonexistent.wasm"))
         .unwrap_err()
         .to_string();
     assert!(err.contains("cannot read /nonexistent.wasm"), "{err}");
@@ -186,16 +200,14 @@ const HOSTILE: &str = concat!(
     "/../plugins/fixtures/hostile.wasm"
 );
 
-fn hostile(limits: Limits) -> ParserPlugin {
+fn hostile(limits: Limits) -> Plugin {
     let runtime = Runtime::new(limits).unwrap();
-    runtime
-        .load_parser("hostile", Path::new(HOSTILE), Vec::new())
-        .unwrap()
+    runtime.load(Path::new(HOSTILE)).unwrap()
 }
 
-fn answers(plugin: &ParserPlugin, content: &str) -> bool {
+fn answers(plugin: &Plugin, content: &str) -> bool {
     matches!(
-        plugin.parse(content, &example_caller()),
+        plugin.parse(&no_config(), content, &example_caller()),
         Ok(Outcome::Help(text)) if text == format!("ok: {content}")
     )
 }
@@ -209,7 +221,7 @@ fn an_endless_loop_is_stopped_at_the_deadline() {
     let plugin = hostile(limits);
     let started = std::time::Instant::now();
     let err = plugin
-        .parse("loop", &example_caller())
+        .parse(&no_config(), "loop", &example_caller())
         .unwrap_err()
         .to_string();
     let took = started.elapsed();
@@ -233,7 +245,7 @@ fn unbounded_memory_is_trapped_at_the_cap() {
         ..Limits::default()
     });
     let err = plugin
-        .parse("grow", &example_caller())
+        .parse(&no_config(), "grow", &example_caller())
         .unwrap_err()
         .to_string();
     assert!(err.starts_with("plugin hostile failed"), "{err}");
@@ -247,7 +259,7 @@ fn a_panic_and_a_huge_answer_are_contained() {
         ..Limits::default()
     });
     let err = plugin
-        .parse("panic", &example_caller())
+        .parse(&no_config(), "panic", &example_caller())
         .unwrap_err()
         .to_string();
     assert!(
@@ -255,7 +267,11 @@ fn a_panic_and_a_huge_answer_are_contained() {
         "{err}"
     );
     // 64 MiB does not fit under a 16 MiB cap: the guest fails to allocate and traps.
-    assert!(plugin.parse("huge", &example_caller()).is_err());
+    assert!(
+        plugin
+            .parse(&no_config(), "huge", &example_caller())
+            .is_err()
+    );
     assert!(answers(&plugin, "fine"));
     // And the real parser, on the same kind of runtime, is unaffected.
     let real = parser(Vec::new());
@@ -323,15 +339,84 @@ fn operator_cli_check_and_call() {
         "error: caller.is-dm: expected true or false, found \"yes\""
     );
 
+    // The other roles' functions, with the JSON mapping of the README.
+    let (ok, out, _) = easel(&[
+        "plugin",
+        "call",
+        "reactions",
+        "on-stage",
+        "\"finished\"",
+        "{}",
+        r#"{"prompt": "a red fox"}"#,
+        "\"gpu-box\"",
+        "--dir",
+        dir,
+    ]);
+    assert!(ok);
+    assert_eq!(
+        out,
+        r#"[{"remove-emoji":"⏱️"},{"add-emoji":"💯"},{"reply":"Parsed args: {'prompt': 'a red fox', 'cfg': 7.5, 'steps': 50} processed by hostname: gpu-box"}]"#
+    );
+    let (ok, out, _) = easel(&["plugin", "call", "access", "check", "--dir", dir]);
+    assert!(ok);
+    assert_eq!(out, r#"{"allow":null}"#);
+    let (ok, out, _) = easel(&[
+        "plugin",
+        "call",
+        "access",
+        "check",
+        r#"{"is_self": true}"#,
+        "--dir",
+        dir,
+    ]);
+    assert!(ok);
+    assert_eq!(out, r#"{"deny":"the bot's own message"}"#);
+    let (ok, out, _) = easel(&[
+        "plugin",
+        "call",
+        "model-policy",
+        "decide",
+        r#"{"width": 4096, "height": 4096}"#,
+        "--dir",
+        dir,
+    ]);
+    assert!(ok);
+    assert_eq!(
+        out,
+        r#"{"deny":"The total value of (Width * Height) must not exceed 3686400"}"#
+    );
+    let (ok, _, err) = easel(&["plugin", "call", "access", "parse", "\"x\"", "--dir", dir]);
+    assert!(!ok);
+    assert_eq!(
+        err,
+        "error: plugin access does not export the parser interface"
+    );
+
     let (ok, out, _) = easel(&["plugin", "list", "--dir", dir]);
     assert!(ok);
     let row = out
         .lines()
         .find(|l| l.starts_with("parser "))
         .expect("parser listed");
-    assert!(
-        row.split_whitespace().collect::<Vec<_>>()[1..3] == ["ok", "parser"],
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>()[1..4],
+        ["parser", "ok", "0.1.0"],
         "{row}"
+    );
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("parser-extended "))
+        .expect("parser-extended listed");
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>()[1..3],
+        ["-", "ok"],
+        "a plugin no role names serves none: {row}"
+    );
+    assert!(
+        out.contains(
+            "role parser        plugin parser             served by plugin   on_failure builtin"
+        ),
+        "{out}"
     );
 
     let (ok, out, _) = easel(&["plugin", "check", PARSER]);
@@ -350,7 +435,7 @@ fn operator_cli_check_and_call() {
 
 mod hot_reload {
     use super::*;
-    use easel::plugins::{PluginConfigs, Registry};
+    use easel::plugins::{PluginSettings, Registry};
     use std::time::{Duration, Instant};
 
     fn sha256_hex(bytes: &[u8]) -> String {
@@ -376,10 +461,13 @@ mod hot_reload {
         std::fs::write(dir.path().join("broken.wasm"), b"not wasm").unwrap();
         std::fs::write(dir.path().join("notes.txt"), b"ignored").unwrap();
         let runtime = Runtime::new(Limits::default()).unwrap();
-        let registry = Registry::open(runtime, dir.path(), PluginConfigs::new()).unwrap();
+        let registry = Registry::open(runtime, dir.path(), PluginSettings::default());
         let list = registry.list();
         assert_eq!(list.len(), 2);
-        assert_eq!((list[0].name.as_str(), list[0].state), ("broken", "failed"));
+        assert_eq!(
+            (list[0].name.as_str(), list[0].status),
+            ("broken", "failed")
+        );
         assert!(
             list[0]
                 .last_error
@@ -387,10 +475,12 @@ mod hot_reload {
                 .unwrap()
                 .contains("not a valid plugin")
         );
-        assert_eq!((list[1].name.as_str(), list[1].state), ("parser", "ok"));
-        assert_eq!(list[1].exports, ["parser"]);
-        assert!(registry.parser("broken").is_none());
-        assert!(registry.parser("parser").is_some());
+        assert_eq!((list[1].name.as_str(), list[1].status), ("parser", "ok"));
+        assert_eq!(list[1].exports, ["easel:plugin/parser@0.1.0"]);
+        assert_eq!(list[1].roles, ["parser"]);
+        assert_eq!(list[1].wit_version, Some("0.1.0"));
+        assert!(registry.plugin("broken").is_none());
+        assert!(registry.plugin("parser").is_some());
     }
 
     /// 8 threads call the plugin in a loop while its file is replaced 100 times (rename into
@@ -412,7 +502,7 @@ mod hot_reload {
             ..Limits::default()
         })
         .unwrap();
-        let registry = Registry::open(runtime, dir.path(), PluginConfigs::new()).unwrap();
+        let registry = Registry::open(runtime, dir.path(), PluginSettings::default());
         let _watcher = registry.watch().unwrap();
 
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -423,9 +513,9 @@ mod hot_reload {
                 std::thread::spawn(move || {
                     let (mut old, mut new) = (0u64, 0u64);
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        let plugin = registry.parser("p").expect("always a version serving");
+                        let plugin = registry.plugin("p").expect("always a version serving");
                         let content = format!("/art fox {t}");
-                        match plugin.parse(&content, &example_caller()) {
+                        match plugin.parse(&no_config(), &content, &example_caller()) {
                             Ok(Outcome::Request(parsed))
                                 if parsed.request.prompt == format!("fox {t}") =>
                             {
@@ -461,11 +551,11 @@ mod hot_reload {
         // A write in place may be read half-written (state "stale" for a moment); the event of
         // its completion loads it whole.
         wait_for("the last version to serve", || {
-            registry.parser("p").is_some_and(|p| p.sha256() == last)
+            registry.plugin("p").is_some_and(|p| p.sha256() == last)
                 && registry
                     .list()
                     .iter()
-                    .any(|s| s.name == "p" && s.state == "ok")
+                    .any(|s| s.name == "p" && s.status == "ok")
         });
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut answered = (0, 0);
@@ -481,7 +571,7 @@ mod hot_reload {
         let status = registry.list().into_iter().find(|s| s.name == "p").unwrap();
         // Writes closer together than a compile coalesce, so fewer reloads than writes.
         assert!(status.reloads >= 2, "only {} reloads seen", status.reloads);
-        assert_eq!(status.state, "ok");
+        assert_eq!(status.status, "ok");
     }
 
     #[test]
@@ -490,19 +580,444 @@ mod hot_reload {
         let target = dir.path().join("p.wasm");
         std::fs::copy(PARSER, &target).unwrap();
         let runtime = Runtime::new(Limits::default()).unwrap();
-        let registry = Registry::open(runtime, dir.path(), PluginConfigs::new()).unwrap();
+        let registry = Registry::open(runtime, dir.path(), PluginSettings::default());
         let _watcher = registry.watch().unwrap();
         std::fs::remove_file(&target).unwrap();
         wait_for("the deletion to be noticed", || {
             registry
                 .list()
                 .iter()
-                .any(|s| s.name == "p" && s.state == "stale")
+                .any(|s| s.name == "p" && s.status == "stale")
         });
-        let plugin = registry.parser("p").unwrap();
+        let plugin = registry.plugin("p").unwrap();
         assert!(matches!(
-            plugin.parse("/art a cat", &example_caller()),
+            plugin.parse(&no_config(), "/art a cat", &example_caller()),
             Ok(Outcome::Request(_))
         ));
+    }
+}
+
+/// The other default plugins, and the C plugin, called directly.
+mod default_plugins {
+    use super::*;
+    use easel::plugins::{
+        Action, Decision, FrontEnd, JobRequest, Model, PolicyLimits, Stage, Verdict,
+    };
+
+    const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins");
+
+    fn load(file: &str) -> Plugin {
+        Runtime::new(Limits::default())
+            .unwrap()
+            .load(&Path::new(DIR).join(file))
+            .unwrap()
+    }
+
+    fn config(pairs: &[(&str, &str)]) -> Arc<Vec<(String, String)>> {
+        Arc::new(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    fn caller(edit: impl FnOnce(&mut easel::plugins::Caller)) -> easel::plugins::Caller {
+        let mut caller = example_caller();
+        edit(&mut caller);
+        caller
+    }
+
+    #[test]
+    fn access_follows_the_seed_lists() {
+        let access = load("access.wasm");
+        let check = |config: &Arc<Vec<(String, String)>>, c: &easel::plugins::Caller| match access
+            .check(config, c)
+            .unwrap()
+        {
+            Decision::Allow => "allow".to_owned(),
+            Decision::Deny(reason) => format!("deny: {reason}"),
+        };
+        let open = config(&[]);
+        assert_eq!(check(&open, &example_caller()), "allow");
+        assert!(check(&open, &caller(|c| c.is_self = true)).starts_with("deny"));
+        // DMs are off unless allowed.
+        assert!(check(&open, &caller(|c| c.is_dm = true)).starts_with("deny"));
+        assert_eq!(
+            check(
+                &config(&[("allow_dms", "true")]),
+                &caller(|c| c.is_dm = true)
+            ),
+            "allow"
+        );
+        let listen = config(&[("listen_channels", r#"["Guild:art", 'Guild:more']"#)]);
+        assert_eq!(check(&listen, &example_caller()), "allow");
+        assert!(check(&listen, &caller(|c| c.channel = "general".into())).starts_with("deny"));
+        // listen_channels wins over ignore_channels.
+        let both = config(&[
+            ("listen_channels", r#"["Guild:art"]"#),
+            ("ignore_channels", r#"["Guild:art"]"#),
+        ]);
+        assert_eq!(check(&both, &example_caller()), "allow");
+        let ignore = config(&[("ignore_channels", r#"["Guild:art"]"#)]);
+        assert!(check(&ignore, &example_caller()).starts_with("deny"));
+        assert_eq!(
+            check(&ignore, &caller(|c| c.channel = "other".into())),
+            "allow"
+        );
+        // Users are `name#discriminator`, case-sensitive.
+        let users = config(&[("listen_users", r#"["artist#0"]"#)]);
+        assert_eq!(check(&users, &example_caller()), "allow");
+        assert!(check(&users, &caller(|c| c.user_tag = "Artist#0".into())).starts_with("deny"));
+        let banned = config(&[("ignore_users", r#"["artist#0"]"#)]);
+        assert!(check(&banned, &example_caller()).starts_with("deny"));
+        // HTTP callers: by role.
+        let http = |role| {
+            caller(|c| {
+                c.front_end = FrontEnd::Http;
+                c.role = role;
+            })
+        };
+        assert!(check(&open, &http(0)).starts_with("deny"));
+        assert_eq!(check(&open, &http(1)), "allow");
+    }
+
+    fn request() -> JobRequest {
+        easel::plugins::example_request()
+    }
+
+    #[test]
+    fn reactions_follow_the_stages() {
+        let reactions = load("reactions.wasm");
+        let on = |stage, request: Option<&JobRequest>, info: &str| {
+            reactions
+                .on_stage(&config(&[]), stage, &example_caller(), request, info)
+                .unwrap()
+        };
+        let r = request();
+        assert_eq!(
+            on(Stage::Accepted, None, ""),
+            [Action::AddEmoji("👍".into())]
+        );
+        assert_eq!(
+            on(Stage::Help, None, "usage: x"),
+            [
+                Action::Reply("usage: x".into()),
+                Action::AddEmoji("💯".into())
+            ]
+        );
+        assert_eq!(
+            on(Stage::Dispatched, Some(&r), "gpu-box"),
+            [Action::AddEmoji("⏱️".into())]
+        );
+        assert_eq!(
+            on(Stage::Finished, Some(&r), "gpu-box"),
+            [
+                Action::RemoveEmoji("⏱️".into()),
+                Action::AddEmoji("💯".into()),
+                Action::Reply(
+                    "Parsed args: {'prompt': 'a red fox', 'cfg': 7.5, 'steps': 50} processed by hostname: gpu-box"
+                        .into()
+                ),
+            ]
+        );
+        let quoted = JobRequest {
+            prompt: "it's \"x\"".into(),
+            cfg: 5.0,
+            ..r.clone()
+        };
+        assert_eq!(
+            on(Stage::Finished, Some(&quoted), "h").last().unwrap(),
+            &Action::Reply(
+                r#"Parsed args: {'prompt': 'it\'s "x"', 'cfg': 5.0, 'steps': 50} processed by hostname: h"#
+                    .into()
+            )
+        );
+        let failed = on(Stage::Failed, Some(&r), "worker lost");
+        assert_eq!(failed[1], Action::AddEmoji("❌".into()));
+        assert_eq!(
+            failed[2],
+            Action::Reply("Sorry, this request failed: worker lost".into())
+        );
+        assert_eq!(
+            on(Stage::Queued, Some(&r), "Skipping unknown args: --foo"),
+            [Action::Reply("Skipping unknown args: --foo".into())]
+        );
+        // Emoji come from the seed's [discord.style] keys.
+        let styled = reactions
+            .on_stage(
+                &config(&[("ack_emoji", "🦊")]),
+                Stage::Accepted,
+                &example_caller(),
+                None,
+                "",
+            )
+            .unwrap();
+        assert_eq!(styled, [Action::AddEmoji("🦊".into())]);
+    }
+
+    #[test]
+    fn model_policy_applies_defaults_caps_and_restrictions() {
+        let policy = load("model-policy.wasm");
+        let catalog = [
+            Model {
+                name: "sdxl_base".into(),
+                friendly_name: Some("SDXL".into()),
+                restricted: false,
+            },
+            Model {
+                name: "secret".into(),
+                friendly_name: None,
+                restricted: true,
+            },
+        ];
+        let limits = PolicyLimits {
+            max_pixels: 1024 * 1024,
+        };
+        let decide = |config: &Arc<Vec<(String, String)>>, r: JobRequest, role: u8| {
+            policy
+                .decide(config, &r, &caller(|c| c.role = role), &catalog, limits)
+                .unwrap()
+        };
+        let base = request();
+        let capped = decide(
+            &config(&[("max_steps", "30"), ("default_model", "sdxl_base")]),
+            JobRequest {
+                steps: 100,
+                ..base.clone()
+            },
+            1,
+        );
+        let Verdict::Allow(r) = capped else {
+            panic!("{capped:?}")
+        };
+        assert_eq!((r.steps, r.model.as_str()), (30, "sdxl_base"));
+        let Verdict::Allow(r) = decide(
+            &config(&[]),
+            JobRequest {
+                model: "SDXL".into(),
+                ..base.clone()
+            },
+            1,
+        ) else {
+            panic!()
+        };
+        assert_eq!(r.model, "sdxl_base");
+        assert_eq!(
+            decide(
+                &config(&[]),
+                JobRequest {
+                    width: 2048,
+                    height: 2048,
+                    ..base.clone()
+                },
+                4
+            ),
+            Verdict::Deny("The total value of (Width * Height) must not exceed 1048576".into())
+        );
+        let secret = JobRequest {
+            model: "secret".into(),
+            ..base.clone()
+        };
+        assert_eq!(
+            decide(&config(&[]), secret.clone(), 2),
+            Verdict::Deny("The model secret is restricted.".into())
+        );
+        assert!(matches!(decide(&config(&[]), secret, 3), Verdict::Allow(_)));
+    }
+
+    #[test]
+    fn parser_extended_adds_options() {
+        let parser = load("parser-extended.wasm");
+        let parse = |content: &str| {
+            parser
+                .parse(&config(&[]), content, &example_caller())
+                .unwrap()
+        };
+        let Outcome::Request(parsed) = parse(
+            "/art a red fox --negative \"blurry\" --seed 42 --size 640x480 --model sdxl --sampler Euler --st 20",
+        ) else {
+            panic!()
+        };
+        let r = parsed.request;
+        assert_eq!(
+            (
+                r.prompt.as_str(),
+                r.negative_prompt.as_str(),
+                r.seed,
+                r.width,
+                r.height
+            ),
+            ("a red fox", "\"blurry\"", 42, 640, 480)
+        );
+        assert_eq!(
+            (r.model.as_str(), r.sampler.as_str(), r.steps, r.cfg),
+            ("sdxl", "Euler", 20, 7.5)
+        );
+        assert_eq!(
+            parse("/art a fox --size big"),
+            Outcome::Error(
+                "Prompt has invalid integer input on integer argument. Please fix and try again."
+                    .into()
+            )
+        );
+        let Outcome::Help(help) = parse("/art --help") else {
+            panic!()
+        };
+        assert!(help.contains("--size"), "{help}");
+    }
+
+    #[test]
+    fn a_c_plugin_runs_with_wasi_denied() {
+        let plugin = load("fixtures/access-c.wasm");
+        assert_eq!(plugin.roles(), [easel::plugins::Role::Access]);
+        let none = config(&[]);
+        assert_eq!(
+            plugin.check(&none, &caller(|c| c.role = 1)).unwrap(),
+            Decision::Deny("role 1 is below min_role 2 (C plugin)".into())
+        );
+        assert_eq!(
+            plugin.check(&none, &caller(|c| c.role = 2)).unwrap(),
+            Decision::Allow
+        );
+        assert_eq!(
+            plugin
+                .check(&config(&[("min_role", "4")]), &caller(|c| c.role = 3))
+                .unwrap(),
+            Decision::Deny("role 3 is below min_role 4 (C plugin)".into())
+        );
+        // What the sandbox lets it see: no environment, no files.
+        let Decision::Deny(probe) = plugin
+            .check(&config(&[("probe", "true")]), &example_caller())
+            .unwrap()
+        else {
+            panic!("probe mode denies")
+        };
+        assert!(
+            probe.starts_with("probe: env HOME=(unset), open /etc/hostname: "),
+            "{probe}"
+        );
+        assert!(!probe.ends_with(": ok"), "{probe}");
+    }
+}
+
+/// Roles, settings and failure policies, through the registry as the front ends call it.
+mod roles {
+    use super::*;
+    use easel::config::Config;
+    use easel::plugins::{Decision, PARSER_UNAVAILABLE, PluginSettings, Registry};
+
+    fn settings(toml: &str) -> PluginSettings {
+        PluginSettings::from_config(&Config::parse(toml, Path::new("config.toml")).unwrap())
+    }
+
+    fn registry(toml: &str) -> (tempfile::TempDir, Arc<Registry>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(PARSER, dir.path().join("parser.wasm")).unwrap();
+        std::fs::copy(HOSTILE, dir.path().join("hostile.wasm")).unwrap();
+        let runtime = Runtime::new(Limits {
+            deadline: std::time::Duration::from_secs(5),
+            ..Limits::default()
+        })
+        .unwrap();
+        let registry = Registry::open(runtime, dir.path(), settings(toml));
+        (dir, registry)
+    }
+
+    const HOSTILE_PARSER: &str = "[discord.settings]\nwake_word = \"panic\"\n\
+                                  [plugins.roles]\nparser = \"hostile\"\n";
+
+    #[test]
+    fn failure_policies() {
+        // builtin (the default): the embedded parser answers, with the seed settings.
+        let (_dir, r) = registry(HOSTILE_PARSER);
+        assert_eq!(
+            r.parse("panic", &example_caller()),
+            Outcome::Error("Skipping request with empty prompt.".into())
+        );
+        let hostile = r.list().into_iter().find(|p| p.name == "hostile").unwrap();
+        assert_eq!(
+            (hostile.failed_calls, hostile.roles.clone()),
+            (1, vec!["parser".to_owned()])
+        );
+        // A call that works is the plugin's own answer.
+        assert_eq!(
+            r.parse("hi", &example_caller()),
+            Outcome::Help("ok: hi".into())
+        );
+        let closed = format!("{HOSTILE_PARSER}[plugins.hostile]\non_failure = \"fail-closed\"\n");
+        let (_dir, r) = registry(&closed);
+        assert_eq!(
+            r.parse("panic", &example_caller()),
+            Outcome::Error(PARSER_UNAVAILABLE.into())
+        );
+        let open = format!("{HOSTILE_PARSER}[plugins.hostile]\non_failure = \"fail-open\"\n");
+        let (_dir, r) = registry(&open);
+        assert_eq!(r.parse("panic", &example_caller()), Outcome::Ignore);
+    }
+
+    #[test]
+    fn roles_switch_with_the_settings() {
+        let (_dir, r) = registry("");
+        assert!(matches!(
+            r.parse("/art a cat", &example_caller()),
+            Outcome::Request(_)
+        ));
+        // Nothing in the directory serves access: the built-in does (allowing this caller).
+        assert_eq!(r.check(&example_caller()), Decision::Allow);
+        r.set_settings(settings("[plugins.roles]\nparser = \"hostile\"\n"));
+        assert_eq!(
+            r.parse("/art a cat", &example_caller()),
+            Outcome::Help("ok: /art a cat".into())
+        );
+        // A plugin named for a role it does not export fails like any call: here, closed.
+        r.set_settings(settings(
+            "[plugins.roles]\naccess = \"parser\"\n[plugins.parser]\non_failure = \"fail-closed\"\n",
+        ));
+        assert!(matches!(r.check(&example_caller()), Decision::Deny(_)));
+        // "" names the built-in explicitly.
+        r.set_settings(settings("[plugins.roles]\nparser = \"\"\n"));
+        assert!(matches!(
+            r.parse("/art a cat", &example_caller()),
+            Outcome::Request(_)
+        ));
+        let roles = r.roles();
+        let parser = roles
+            .iter()
+            .find(|(role, ..)| role.as_str() == "parser")
+            .unwrap();
+        assert_eq!(parser.2, "builtin");
+    }
+
+    #[test]
+    fn the_precompiled_cache_is_used_and_survives_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let runtime = Runtime::with_cache(Limits::default(), Some(&cache)).unwrap();
+        let first = runtime.load(Path::new(PARSER)).unwrap();
+        let entries: Vec<_> = std::fs::read_dir(&cache).unwrap().collect();
+        assert_eq!(entries.len(), 1);
+        let entry = entries[0].as_ref().unwrap().path();
+        assert!(
+            entry
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(first.sha256())
+        );
+        // Read back: answers the same.
+        let again = runtime.load(Path::new(PARSER)).unwrap();
+        assert!(matches!(
+            again.parse(&no_config(), "/art a cat", &example_caller()),
+            Ok(Outcome::Request(_))
+        ));
+        // A damaged entry is compiled again and replaced.
+        std::fs::write(&entry, b"garbage").unwrap();
+        let healed = runtime.load(Path::new(PARSER)).unwrap();
+        assert!(matches!(
+            healed.parse(&no_config(), "/art a cat", &example_caller()),
+            Ok(Outcome::Request(_))
+        ));
+        assert!(std::fs::read(&entry).unwrap().len() > 1000);
     }
 }

@@ -77,13 +77,18 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PluginCommand {
-    /// Every plugin of a directory: name, file, sha256, exports, state, last load error.
+    /// Every plugin of the plugin directory: name, roles, status, WIT version, sha256, file,
+    /// last load error; then which plugin serves each role.
     List {
-        /// Where plugins live.
-        #[arg(long, default_value = "plugins")]
-        dir: PathBuf,
+        /// The configuration file (plugin directory, roles, settings); default config.toml
+        /// when it exists.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// The plugin directory (overrides `[plugins] dir`).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
-    /// Validate a component against the contract (today: the parser role).
+    /// Validate a component against the contract.
     Check {
         /// The .wasm file.
         file: PathBuf,
@@ -93,13 +98,16 @@ enum PluginCommand {
     Call {
         /// A plugin name (a file `<dir>/<name>.wasm`) or a path to a .wasm file.
         plugin: String,
-        /// The function (today: `parse`).
+        /// parse (parser), check (access), on-stage (reactions) or decide (model-policy).
         function: String,
         /// JSON arguments in WIT order.
         args: Vec<String>,
-        /// Where plugins live.
-        #[arg(long, default_value = "plugins")]
-        dir: PathBuf,
+        /// The configuration file (the plugin's settings); default config.toml when it exists.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// The plugin directory (overrides `[plugins] dir`).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -268,54 +276,89 @@ fn parse_level(level: &str) -> Result<&'static str, ExitCode> {
     })
 }
 
-fn plugin_command(command: PluginCommand) -> ExitCode {
-    use easel::plugins::{Limits, Runtime, caller_from_json, outcome_json};
-    let runtime = match Runtime::new(Limits::default()) {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
+/// Reads the configuration for a plugin command (default file optional), or exits 2.
+fn plugin_config(path: Option<PathBuf>) -> Result<Config, ExitCode> {
+    let must_exist = path.is_some();
+    let path = path.unwrap_or_else(|| PathBuf::from("config.toml"));
+    Config::load(&path, must_exist).map_err(|err| {
+        eprintln!("{err}");
+        ExitCode::from(2)
+    })
+}
+
+fn plugin_runtime(
+    config: &Config,
+    dir: &std::path::Path,
+) -> Result<std::sync::Arc<easel::plugins::Runtime>, ExitCode> {
+    easel::plugins::runtime_for(&config.plugins, dir).map_err(|err| {
+        eprintln!("error: {err}");
+        ExitCode::FAILURE
+    })
+}
+
+fn plugin_command(command: PluginCommand) -> Result<(), ExitCode> {
+    use easel::plugins::{CallError, PluginSettings, Registry};
     match command {
-        PluginCommand::List { dir } => {
-            let registry = match easel::plugins::Registry::open(runtime, &dir, Default::default()) {
-                Ok(registry) => registry,
-                Err(err) => {
-                    eprintln!("error: cannot read {}: {err}", dir.display());
-                    return ExitCode::FAILURE;
-                }
-            };
+        PluginCommand::List { config, dir } => {
+            let config = plugin_config(config)?;
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&config.plugins.dir));
+            let runtime = plugin_runtime(&config, &dir)?;
+            let registry = Registry::open(runtime, &dir, PluginSettings::from_config(&config));
             println!(
-                "{:<16} {:<7} {:<10} {:<16} {:<30} last error",
-                "NAME", "STATE", "EXPORTS", "SHA256", "FILE"
+                "{:<18} {:<14} {:<7} {:<5} {:<16} {:<34} last error",
+                "NAME", "ROLE", "STATUS", "WIT", "SHA256", "FILE"
             );
             for p in registry.list() {
+                let roles = if p.roles.is_empty() {
+                    "-".to_owned()
+                } else {
+                    p.roles.join(",")
+                };
                 println!(
-                    "{:<16} {:<7} {:<10} {:<16} {:<30} {}",
+                    "{:<18} {:<14} {:<7} {:<5} {:<16} {:<34} {}",
                     p.name,
-                    p.state,
-                    p.exports.join(","),
+                    roles,
+                    p.status,
+                    p.wit_version.unwrap_or("-"),
                     p.sha256.as_deref().map_or("-", |s| &s[..16]),
                     p.file.display(),
                     p.last_error.as_deref().unwrap_or("-")
                 );
             }
-            ExitCode::SUCCESS
+            println!();
+            for (role, name, serving, policy) in registry.roles() {
+                let name = if name.is_empty() { "\"\"" } else { &name };
+                println!(
+                    "role {role:<13} plugin {name:<18} served by {serving:<8} on_failure {}",
+                    policy.as_str()
+                );
+            }
+            Ok(())
         }
         PluginCommand::Check { file } => {
-            match runtime.load_parser(&plugin_name(&file), &file, Vec::new()) {
+            let runtime =
+                easel::plugins::Runtime::new(easel::plugins::Limits::default()).map_err(|err| {
+                    eprintln!("error: {err}");
+                    ExitCode::FAILURE
+                })?;
+            match runtime.load(&file) {
                 Ok(plugin) => {
+                    let exports: Vec<String> = plugin
+                        .roles()
+                        .iter()
+                        .map(|r| r.interface(plugin.wit_version()))
+                        .collect();
                     println!(
-                        "{}: ok, exports easel:plugin/parser@0.1.0 (sha256 {})",
+                        "{}: ok, exports {} (sha256 {})",
                         file.display(),
+                        exports.join(", "),
                         plugin.sha256()
                     );
-                    ExitCode::SUCCESS
+                    Ok(())
                 }
                 Err(err) => {
                     eprintln!("{}: {err}", file.display());
-                    ExitCode::FAILURE
+                    Err(ExitCode::FAILURE)
                 }
             }
         }
@@ -323,77 +366,62 @@ fn plugin_command(command: PluginCommand) -> ExitCode {
             plugin,
             function,
             args,
+            config,
             dir,
         } => {
+            let config = plugin_config(config)?;
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&config.plugins.dir));
+            let runtime = plugin_runtime(&config, &dir)?;
             let path = if plugin.ends_with(".wasm") {
                 PathBuf::from(&plugin)
             } else {
                 dir.join(format!("{plugin}.wasm"))
             };
-            if function != "parse" {
-                eprintln!(
-                    "error: unknown function {function:?}; this build knows: parse (parser role)"
-                );
-                return ExitCode::from(2);
-            }
-            let parsed: Result<Vec<serde_json::Value>, _> =
-                args.iter().map(|a| serde_json::from_str(a)).collect();
-            let args = match parsed {
-                Ok(args) if (1..=2).contains(&args.len()) => args,
-                Ok(_) => {
-                    eprintln!(
-                        "error: parse takes CONTENT [CALLER]: the JSON of a string, then optionally of a caller"
-                    );
-                    return ExitCode::from(2);
-                }
-                Err(err) => {
+            let args: Vec<serde_json::Value> = args
+                .iter()
+                .map(|a| serde_json::from_str(a))
+                .collect::<Result<_, _>>()
+                .map_err(|err| {
                     eprintln!("error: an argument is not JSON: {err}");
-                    return ExitCode::from(2);
-                }
-            };
-            let Some(content) = args[0].as_str() else {
-                eprintln!("error: content must be a JSON string, found {}", args[0]);
-                return ExitCode::from(2);
-            };
-            let caller = match args.get(1).map(caller_from_json).transpose() {
-                Ok(caller) => caller.unwrap_or_else(easel::plugins::example_caller),
-                Err(err) => {
-                    eprintln!("error: {err}");
-                    return ExitCode::from(2);
-                }
-            };
-            let config = vec![(
-                "wake_word".to_owned(),
-                easel::config::DiscordSettings::default().wake_word,
-            )];
-            let result = runtime
-                .load_parser(&plugin_name(&path), &path, config)
-                .and_then(|p| p.parse(content, &caller));
+                    ExitCode::from(2)
+                })?;
+            let loaded = runtime.load(&path).map_err(|err| {
+                eprintln!("error: {err}");
+                ExitCode::FAILURE
+            })?;
+            let settings = PluginSettings::from_config(&config);
+            let result = easel::plugins::call_json(
+                &loaded,
+                &settings.config_for(loaded.name()),
+                &function,
+                &args,
+                config.api.image_pixel_limit,
+            );
             match result {
-                Ok(outcome) => {
-                    println!("{}", outcome_json(&outcome));
-                    ExitCode::SUCCESS
+                Ok(value) => {
+                    println!("{value}");
+                    Ok(())
+                }
+                Err(CallError::Usage(message)) => {
+                    eprintln!("error: {message}");
+                    Err(ExitCode::from(2))
                 }
                 Err(err) => {
                     eprintln!("error: {err}");
-                    ExitCode::FAILURE
+                    Err(ExitCode::FAILURE)
                 }
             }
         }
     }
 }
 
-/// A plugin's name: its file stem.
-fn plugin_name(path: &std::path::Path) -> String {
-    path.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "plugin".to_owned())
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Plugin { what } => plugin_command(what),
+        Command::Plugin { what } => match plugin_command(what) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(code) => code,
+        },
         Command::Bench {
             what: Bench::Plugins { dir, calls },
         } => match easel::bench::plugins(&dir, calls) {
@@ -499,7 +527,7 @@ fn main() -> ExitCode {
             tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "starting easel");
             block_on(
                 "cannot serve",
-                easel::server::run(config, shutdown_signal()),
+                easel::server::run(config, Some(path), shutdown_signal()),
             )
         }
     }

@@ -10,6 +10,7 @@
 
 #![allow(dead_code)]
 
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -198,6 +199,21 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// An HS256 JWT for `discord_id`, as Navigator issues them, expiring `exp_offset` seconds from
+/// now.
+pub fn jwt(secret: &str, discord_id: &str, exp_offset: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"discord_id": discord_id, "role": 1, "iat": now, "exp": now + exp_offset}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
 /// The `easel` binary under test.
 pub fn easel_bin() -> &'static str {
     env!("CARGO_BIN_EXE_easel")
@@ -222,6 +238,8 @@ pub struct ServerOptions<'a> {
     pub secret_key: &'a str,
     /// Extra keys of `[workers]` (the pool always binds a free port on 127.0.0.1).
     pub workers_toml: &'a str,
+    /// More sections, appended at the end of the file.
+    pub extra_toml: &'a str,
 }
 
 impl Default for ServerOptions<'_> {
@@ -233,6 +251,7 @@ impl Default for ServerOptions<'_> {
             workers: 1,
             secret_key: "",
             workers_toml: "",
+            extra_toml: "",
         }
     }
 }
@@ -250,12 +269,13 @@ impl Server {
         let config = format!(
             "[database]\nurl = {:?}\n[api]\nhttp_port = {port}\nsecret_key = {:?}\n\
              [simulated]\nworkers = {}\nstep_ms = {}\n[misc_settings]\nlog_dir = \"logs\"\n\
-             [workers]\nbind = \"tcp://127.0.0.1:{pool_port}\"\n{}\n",
+             [workers]\nbind = \"tcp://127.0.0.1:{pool_port}\"\n{}\n{}\n",
             options.db_url,
             options.secret_key,
             options.workers,
             options.step_ms,
-            options.workers_toml
+            options.workers_toml,
+            options.extra_toml
         );
         std::fs::write(options.dir.join("config.toml"), config).unwrap();
         let mut child = Command::new(easel_bin())

@@ -4,6 +4,7 @@
 //! internal failures all get a JSON body and a status code, never an HTML page or a hang.
 //! Requests become jobs through the job service only.
 
+mod admin;
 mod auth;
 mod queue;
 
@@ -21,6 +22,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 pub use auth::{Authenticator, SUPERUSER_ID, User, permission_role, role};
 
 use crate::jobs::JobService;
+use crate::plugins::Registry;
 
 /// What the routes share.
 #[derive(Clone, Debug)]
@@ -31,6 +33,8 @@ pub struct AppState {
     pub auth: Authenticator,
     /// Largest `width * height`.
     pub image_pixel_limit: u64,
+    /// The policy plugins (access and model policy for queued requests).
+    pub plugins: Arc<Registry>,
 }
 
 /// Express' `json({limit: "50mb"})`.
@@ -59,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .route("/config/limits", get(limits))
         .route("/queue/user/txt2img", post(queue::txt2img))
         .route("/images/{job_id}", get(image))
+        .route("/admin/plugins", get(admin::plugins))
         .layer(cors);
     Router::new()
         .route("/", get(root))
@@ -160,6 +165,11 @@ impl ApiError {
             StatusCode::FORBIDDEN,
             json!({"message": "Forbidden", "error": "User is disabled", "error_code": "USER_DISABLED"}),
         )
+    }
+
+    /// `403 {"error": message}`.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, json!({"error": message.into()}))
     }
 
     /// `500 {"error":"Internal Server Error"}`; the cause is logged, not sent.

@@ -12,9 +12,9 @@ use axum::response::{IntoResponse, Response};
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value, json};
 
-use super::{ApiError, AppState, origin};
+use super::{ApiError, AppState, User, origin};
 use crate::jobs::{JobError, Txt2Img};
-use crate::store::StoreError;
+use crate::plugins::{Caller, Decision, FrontEnd, JobRequest, Model, PolicyLimits, Verdict};
 
 /// The job object Navigator answers with (and later sends in socket events).
 #[derive(Debug, Serialize)]
@@ -224,11 +224,6 @@ fn normalise(body: &Map<String, Value>, pixel_limit: u64) -> Result<Txt2Img, Api
     })
 }
 
-/// A fresh Navigator job id: 8 lowercase hex digits.
-fn new_job_id() -> String {
-    format!("{:08x}", rand::random::<u32>())
-}
-
 pub(super) async fn txt2img(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -269,32 +264,19 @@ pub(super) async fn txt2img(
             ));
         }
     }
+    let request = apply_policy(&state, &user, request).await?;
     let origin = origin(&headers, peer);
 
-    // A random 32-bit id can collide with an old job: try a few.
-    let mut job_id = new_job_id();
-    let mut tries = 0;
-    loop {
-        match state
-            .jobs
-            .enqueue(&job_id, &user.discord_id, Some(&origin), &request)
-            .await
-        {
-            Ok(()) => break,
-            Err(JobError::Store(StoreError::Database(sqlx::Error::Database(db))))
-                if db.is_unique_violation() && tries < 5 =>
-            {
-                tries += 1;
-                job_id = new_job_id();
-            }
-            Err(err) => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    json!({"error": format!("Could not queue the job: {}", short(&err))}),
-                ));
-            }
-        }
-    }
+    let job_id = state
+        .jobs
+        .enqueue_new(&user.discord_id, Some(&origin), &request)
+        .await
+        .map_err(|err| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("Could not queue the job: {}", short(&err))}),
+            )
+        })?;
     let queue_size = state.jobs.queued().await.map_err(ApiError::internal)?;
     let job = NavigatorJob {
         kind: "txt2img",
@@ -326,6 +308,80 @@ pub(super) async fn txt2img(
         modules: request.modules.as_deref(),
     };
     Ok(Json(job).into_response())
+}
+
+/// The access and model-policy plugins on an API request, off the async threads (a plugin may
+/// use its whole deadline). Access refusals are 403 (the reason is logged, not sent); policy
+/// refusals are 400 with the policy's text.
+async fn apply_policy(
+    state: &AppState,
+    user: &User,
+    mut request: Txt2Img,
+) -> Result<Txt2Img, ApiError> {
+    let catalog: Vec<Model> = state
+        .jobs
+        .store()
+        .models()
+        .await
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .map(|(name, friendly_name, restricted)| Model {
+            name,
+            friendly_name,
+            restricted,
+        })
+        .collect();
+    let caller = Caller {
+        front_end: FrontEnd::Http,
+        user_id: user.discord_id.clone(),
+        user_tag: String::new(),
+        role: u8::try_from(user.role.clamp(0, 255)).unwrap_or(u8::MAX),
+        guild: String::new(),
+        channel: String::new(),
+        channel_id: String::new(),
+        is_dm: false,
+        is_self: false,
+    };
+    let asked = JobRequest::from_txt2img(&request);
+    let limits = PolicyLimits {
+        max_pixels: state.image_pixel_limit,
+    };
+    let plugins = state.plugins.clone();
+    let verdict = tokio::task::spawn_blocking(move || match plugins.check(&caller) {
+        Decision::Deny(reason) => Err(reason),
+        Decision::Allow => Ok(plugins.decide(&asked, &caller, &catalog, limits)),
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let adjusted = match verdict {
+        Err(reason) => {
+            tracing::info!(user = %user.discord_id, reason, "the access plugin refused an API request");
+            return Err(ApiError::forbidden("You are not allowed to queue jobs."));
+        }
+        Ok(Verdict::Deny(message)) => return Err(ApiError::bad_request(message)),
+        Ok(Verdict::Allow(adjusted)) => adjusted,
+    };
+    // The policy may change the request, not break the operator's hard limits.
+    let side = 1..=MAX_SIDE as u32;
+    if !side.contains(&adjusted.width)
+        || !side.contains(&adjusted.height)
+        || !(1..=MAX_STEPS as u32).contains(&adjusted.steps)
+        || !adjusted.cfg.is_finite()
+        || adjusted.prompt.is_empty()
+    {
+        tracing::error!(request = ?adjusted, "the model-policy plugin returned an unusable request");
+        return Err(ApiError::internal(
+            "model policy returned an unusable request",
+        ));
+    }
+    if u64::from(adjusted.width) * u64::from(adjusted.height) > state.image_pixel_limit {
+        return Err(ApiError::bad_request(format!(
+            "The total value of (Width * Height) must not exceed {}",
+            state.image_pixel_limit
+        )));
+    }
+    adjusted.apply_to(&mut request);
+    Ok(request)
 }
 
 /// The error's own message, logged in full but sent without internals.

@@ -36,6 +36,8 @@ pub struct Config {
     pub simulated: Simulated,
     /// `[workers]`: the ZeroMQ pool of volunteer GPU workers.
     pub workers: Workers,
+    /// `[plugins]`: the policy plugins, their roles and settings.
+    pub plugins: Plugins,
 }
 
 /// `[auth]`.
@@ -62,14 +64,43 @@ impl fmt::Debug for Auth {
     }
 }
 
-/// `[discord]`, holding the seed's two sub-tables.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+/// `[discord]`: the front end's own keys, and the seed's two sub-tables.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default)]
 pub struct Discord {
+    /// Gateway base URL ("" for Discord's own); e.g. a proxy, or a fake Discord in tests.
+    pub gateway_url: String,
+    /// REST base URL ("" for Discord's own), `http://host:port` or `https://host`.
+    pub api_base: String,
+    /// Send `I'm here!` to every allowed channel when the bot is ready.
+    pub announce: bool,
+    /// Answer direct messages (the access plugin decides; handed to it as `allow_dms`).
+    pub allow_dms: bool,
+    /// Threads: `"parent"` (a thread is allowed where its parent channel is) or `"own"` (by the
+    /// thread's own name).
+    pub threads: String,
+    /// Where the `/art` slash command is registered: `"global"`, `"guild"` (each guild the bot
+    /// is in; appears at once) or `"off"`.
+    pub commands: String,
     /// `[discord.settings]`.
     pub settings: DiscordSettings,
     /// `[discord.style]`.
     pub style: DiscordStyle,
+}
+
+impl Default for Discord {
+    fn default() -> Self {
+        Self {
+            gateway_url: String::new(),
+            api_base: String::new(),
+            announce: true,
+            allow_dms: false,
+            threads: "parent".to_owned(),
+            commands: "global".to_owned(),
+            settings: DiscordSettings::default(),
+            style: DiscordStyle::default(),
+        }
+    }
 }
 
 /// `[discord.settings]`: who and where the bot listens to.
@@ -226,6 +257,66 @@ impl Default for Simulated {
         Self {
             workers: 1,
             step_ms: 20,
+        }
+    }
+}
+
+/// `[plugins]`: where plugins live, their limits, which plugin serves each role, and each
+/// plugin's own table (`[plugins.<name>]`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct Plugins {
+    /// The directory of `.wasm` plugins, watched while the server runs.
+    pub dir: String,
+    /// Where compiled plugins are kept between starts, relative to `dir` ("" turns the cache
+    /// off).
+    pub cache_dir: String,
+    /// Wall-clock time one plugin call may take, in milliseconds.
+    pub deadline_ms: u64,
+    /// Memory one plugin call may grow to, in MiB.
+    pub memory_mib: u64,
+    /// `[plugins.roles]`: the plugin (file stem) serving each role.
+    pub roles: PluginRoles,
+    /// `[plugins.<name>]`: each plugin's own settings (`on_failure` is read by easel).
+    #[serde(flatten)]
+    pub settings: std::collections::BTreeMap<String, toml::Table>,
+}
+
+impl Default for Plugins {
+    fn default() -> Self {
+        Self {
+            dir: "plugins".to_owned(),
+            cache_dir: ".cache".to_owned(),
+            deadline_ms: 50,
+            memory_mib: 32,
+            roles: PluginRoles::default(),
+            settings: Default::default(),
+        }
+    }
+}
+
+/// `[plugins.roles]`; "" means the default plugin embedded in the binary.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct PluginRoles {
+    /// Reads chat messages.
+    pub parser: String,
+    /// Decides who may use the bot.
+    pub access: String,
+    /// Decides how the bot shows progress.
+    pub reactions: String,
+    /// Decides models and limits.
+    #[serde(rename = "model-policy")]
+    pub model_policy: String,
+}
+
+impl Default for PluginRoles {
+    fn default() -> Self {
+        Self {
+            parser: "parser".to_owned(),
+            access: "access".to_owned(),
+            reactions: "reactions".to_owned(),
+            model_policy: "model-policy".to_owned(),
         }
     }
 }
@@ -466,6 +557,74 @@ impl Config {
                 expected: "positive numbers".to_owned(),
             });
         }
+        for (key, value, allowed) in [
+            (
+                "discord.threads",
+                &self.discord.threads,
+                &["parent", "own"][..],
+            ),
+            (
+                "discord.commands",
+                &self.discord.commands,
+                &["global", "guild", "off"][..],
+            ),
+        ] {
+            if !allowed.contains(&value.as_str()) {
+                return Err(ConfigError::Invalid {
+                    key: key.to_owned(),
+                    found: format!("{value:?}"),
+                    expected: allowed
+                        .iter()
+                        .map(|a| format!("{a:?}"))
+                        .collect::<Vec<_>>()
+                        .join(" or "),
+                });
+            }
+        }
+        for (key, value, schemes) in [
+            (
+                "discord.gateway_url",
+                &self.discord.gateway_url,
+                &["ws", "wss"][..],
+            ),
+            (
+                "discord.api_base",
+                &self.discord.api_base,
+                &["http", "https"][..],
+            ),
+        ] {
+            let ok = value.is_empty()
+                || url::Url::parse(value)
+                    .is_ok_and(|u| schemes.contains(&u.scheme()) && u.host_str().is_some());
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    key: key.to_owned(),
+                    found: format!("{value:?}"),
+                    expected: format!("\"\" or a {}:// URL", schemes.join("/")),
+                });
+            }
+        }
+        if !(1..=60_000).contains(&self.plugins.deadline_ms) || self.plugins.memory_mib == 0 {
+            return Err(ConfigError::Invalid {
+                key: "plugins.deadline_ms / plugins.memory_mib".to_owned(),
+                found: format!("{} / {}", self.plugins.deadline_ms, self.plugins.memory_mib),
+                expected: "1-60000 ms and at least 1 MiB".to_owned(),
+            });
+        }
+        for (name, table) in &self.plugins.settings {
+            if let Some(value) = table.get(crate::plugins::ON_FAILURE)
+                && value
+                    .as_str()
+                    .and_then(crate::plugins::FailurePolicy::from_name)
+                    .is_none()
+            {
+                return Err(ConfigError::Invalid {
+                    key: format!("plugins.{name}.{}", crate::plugins::ON_FAILURE),
+                    found: value.to_string(),
+                    expected: crate::plugins::FailurePolicy::NAMES.to_owned(),
+                });
+            }
+        }
         if self.api.bind.parse::<std::net::IpAddr>().is_err() {
             return Err(ConfigError::Invalid {
                 key: "api.bind".to_owned(),
@@ -508,6 +667,8 @@ fn check_unknown_keys(
             format!("{prefix}.{key}")
         };
         match known.get(key) {
+            // `[plugins.<name>]`: each plugin's own table, whatever its keys.
+            None if prefix == "plugins" && value.is_table() => {}
             None => {
                 let what = if value.is_table() { "section" } else { "key" };
                 return Err(ConfigError::UnknownKey {

@@ -19,6 +19,11 @@ use tokio::sync::{Notify, broadcast};
 
 use crate::store::{JobRow, JobStatus, NewImage, NewJob, Store, StoreError};
 
+/// A fresh Navigator job id: 8 lowercase hex digits.
+pub fn new_job_id() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
 /// A text-to-image request, normalised (defaults applied) by the front end that took it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Txt2Img {
@@ -139,6 +144,13 @@ pub enum JobError {
     /// The job was interrupted while running.
     #[error("job was interrupted")]
     Interrupted,
+}
+
+impl JobError {
+    /// The id is taken by another job (draw another one).
+    pub fn is_duplicate_id(&self) -> bool {
+        matches!(self, JobError::Store(StoreError::Database(sqlx::Error::Database(db))) if db.is_unique_violation())
+    }
 }
 
 /// A finished image to record: the claim it answers, whether it came after the claim
@@ -272,6 +284,26 @@ impl JobService {
         });
         self.work.notify_one();
         Ok(())
+    }
+
+    /// Stores a new job under a fresh id (8 lowercase hex digits, as Navigator makes them) and
+    /// returns the id once the job is durable. A random id that collides with an old job is
+    /// drawn again.
+    pub async fn enqueue_new(
+        &self,
+        owner_id: &str,
+        origin: Option<&str>,
+        request: &Txt2Img,
+    ) -> Result<String, JobError> {
+        let mut tries = 0;
+        loop {
+            let id = new_job_id();
+            match self.enqueue(&id, owner_id, origin, request).await {
+                Ok(()) => return Ok(id),
+                Err(err) if err.is_duplicate_id() && tries < 5 => tries += 1,
+                Err(err) => return Err(err),
+            }
+        }
     }
 
     /// Claims the oldest queued job for `backend`, if any.

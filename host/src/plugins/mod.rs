@@ -1,49 +1,113 @@
-//! The plugin runtime: wasmtime engine, bindings generated from `wit/`, per-call limits.
+//! The plugin runtime: wasmtime engine, bindings generated from `wit/`, per-call limits, and
+//! the registry that serves each policy role from the plugin directory.
 //!
 //! Policy runs in WebAssembly components that implement the `easel:plugin` interfaces. The
 //! engine uses the component model, the pooling allocator (falling back to on-demand allocation
 //! where the address space is too small) and epoch interruption: a ticker thread advances the
 //! epoch every [`TICK`], so a call's deadline is a number of ticks. Each plugin is compiled once
-//! into an `InstancePre` (imports resolved and type-checked off the request path); every call
-//! gets a fresh `Store` and instance, so nothing leaks between users, with a memory cap enforced
-//! by `StoreLimits`. Traps, deadline and memory overruns are errors of that call only.
-//!
-//! Built so far: the runtime, the parser role and the registry with hot reload ([`Registry`]).
-//! The other roles, failure policies and role assignment come with the rest of the plugin work.
+//! (or read back from the precompiled cache) into an `InstancePre` with its imports resolved and
+//! type-checked off the request path; every call gets a fresh `Store` and instance, so nothing
+//! leaks between users, with a memory cap enforced by `StoreLimits`. Traps, deadline and memory
+//! overruns are errors of that call only; the [`Registry`] applies the operator's failure
+//! policy. WASI 0.2 is linked deny-by-default (no files, sockets or environment) so components
+//! built by toolchains that import it (C with wasi-libc, Python, JavaScript) load too.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::Digest;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, Instance, InstancePre, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
     StoreLimitsBuilder,
 };
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+mod cache;
+mod json;
 mod registry;
+mod settings;
 
-pub use registry::{PluginConfigs, PluginStatus, Registry};
+pub use cache::Cache;
+pub use json::{CallError, call_json, example_caller, example_request};
+pub use registry::{PARSER_UNAVAILABLE, POLICY_UNAVAILABLE, PluginStatus, Registry, watch_files};
+pub use settings::{FailurePolicy, ON_FAILURE, PluginConfig, PluginSettings, Role};
 
-/// Bindings of the parser world.
-mod parser_world {
+/// Bindings of `easel:plugin@0.1.0`, the one WIT version this build serves. A later version
+/// gets its own module beside this one, and [`WitVersion`] a case, so plugins built against
+/// either keep loading.
+mod v0_1 {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "parser-plugin",
+        world: "easel-host",
+        additional_derives: [PartialEq],
     });
 }
 
-pub use parser_world::easel::plugin::types::{Caller, FrontEnd, JobRequest};
-pub use parser_world::exports::easel::plugin::parser::{Outcome, Parsed};
+pub use v0_1::easel::plugin::host::Level;
+pub use v0_1::easel::plugin::types::{Caller, FrontEnd, JobRequest, Stage};
+pub use v0_1::exports::easel::plugin::access::Decision;
+pub use v0_1::exports::easel::plugin::model_policy::{Limits as PolicyLimits, Model, Verdict};
+pub use v0_1::exports::easel::plugin::parser::{Outcome, Parsed};
+pub use v0_1::exports::easel::plugin::reactions::Action;
 
-use parser_world::easel::plugin::host::{self as host_iface, Level};
+use v0_1::exports::easel::plugin::{access, model_policy, parser, reactions};
+
+impl JobRequest {
+    /// The plugin view of a queued txt2img request.
+    pub fn from_txt2img(job: &crate::jobs::Txt2Img) -> Self {
+        Self {
+            prompt: job.prompt.clone(),
+            negative_prompt: job.negative_prompt.clone().unwrap_or_default(),
+            cfg: job.cfg_scale,
+            steps: job.steps,
+            width: job.width,
+            height: job.height,
+            seed: job.seed,
+            model: job.model_name.clone(),
+            sampler: job.sampler_name.clone(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// Writes what a plugin may change back into `job`.
+    pub fn apply_to(&self, job: &mut crate::jobs::Txt2Img) {
+        job.prompt.clone_from(&self.prompt);
+        if job.negative_prompt.is_some() || !self.negative_prompt.is_empty() {
+            job.negative_prompt = Some(self.negative_prompt.clone());
+        }
+        job.cfg_scale = self.cfg;
+        job.steps = self.steps;
+        job.width = self.width;
+        job.height = self.height;
+        job.seed = self.seed;
+        job.model_name.clone_from(&self.model);
+        job.sampler_name.clone_from(&self.sampler);
+    }
+}
+
+/// WIT package versions this build serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WitVersion {
+    /// `easel:plugin@0.1.0`.
+    V0_1,
+}
+
+impl WitVersion {
+    /// The version as WIT writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WitVersion::V0_1 => "0.1.0",
+        }
+    }
+}
 
 /// How often the epoch advances.
 pub const TICK: Duration = Duration::from_millis(2);
 
 /// Per-call limits.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Limits {
     /// Wall-clock time a call may take.
     pub deadline: Duration,
@@ -61,6 +125,28 @@ impl Default for Limits {
             instances: 64,
         }
     }
+}
+
+impl Limits {
+    /// The limits `[plugins]` sets.
+    pub fn from_config(config: &crate::config::Plugins) -> Self {
+        Self {
+            deadline: Duration::from_millis(config.deadline_ms),
+            memory: usize::try_from(config.memory_mib.saturating_mul(1 << 20))
+                .unwrap_or(usize::MAX),
+            ..Self::default()
+        }
+    }
+}
+
+/// The runtime `[plugins]` describes for the plugins of `dir`: its limits and its precompiled
+/// cache (`cache_dir`, relative to `dir`; "" for none).
+pub fn runtime_for(
+    config: &crate::config::Plugins,
+    dir: &Path,
+) -> Result<Arc<Runtime>, PluginError> {
+    let cache = (!config.cache_dir.is_empty()).then(|| dir.join(&config.cache_dir));
+    Runtime::with_cache(Limits::from_config(config), cache.as_deref())
 }
 
 /// A plugin that failed to load or to answer.
@@ -90,19 +176,39 @@ pub enum PluginError {
         /// What happened.
         message: String,
     },
+    /// The plugin does not export the interface of this role.
+    #[error("plugin {name} does not export the {role} interface")]
+    NoRole {
+        /// Plugin name.
+        name: String,
+        /// The role asked for.
+        role: Role,
+    },
 }
 
-/// The wasmtime engine and its epoch ticker; cheap to share behind an `Arc`.
+/// One line: wasmtime's error chain may span several.
+fn one_line(err: &wasmtime::Error) -> String {
+    format!("{err:#}")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The wasmtime engine, its epoch ticker and the precompiled-component cache; shared behind an
+/// `Arc`.
 pub struct Runtime {
     engine: Engine,
     limits: Limits,
+    linker: Linker<CallState>,
+    cache: Option<Cache>,
 }
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime")
             .field("limits", &self.limits)
-            .finish()
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
     }
 }
 
@@ -126,8 +232,14 @@ fn engine_config(limits: &Limits, pooling: bool) -> Config {
 }
 
 impl Runtime {
-    /// A runtime with these limits; its ticker thread stops when the runtime is dropped.
+    /// A runtime with these limits, without a precompiled cache; its ticker thread stops when
+    /// the runtime is dropped.
     pub fn new(limits: Limits) -> Result<Arc<Self>, PluginError> {
+        Self::with_cache(limits, None)
+    }
+
+    /// A runtime that keeps compiled components in `cache_dir` (created on first use).
+    pub fn with_cache(limits: Limits, cache_dir: Option<&Path>) -> Result<Arc<Self>, PluginError> {
         let engine = Engine::new(&engine_config(&limits, true))
             .or_else(|err| {
                 tracing::warn!(error = %err, "pooling allocator unavailable; allocating on demand");
@@ -137,6 +249,16 @@ impl Runtime {
                 name: "engine".into(),
                 message: err.to_string(),
             })?;
+        let mut linker = Linker::<CallState>::new(&engine);
+        let linked = v0_1::easel::plugin::host::add_to_linker::<_, HasSelf<CallState>>(
+            &mut linker,
+            |state| state,
+        )
+        .and_then(|()| wasmtime_wasi::p2::add_to_linker_sync(&mut linker));
+        linked.map_err(|err| PluginError::Invalid {
+            name: "engine".into(),
+            message: one_line(&err),
+        })?;
         let weak = engine.weak();
         std::thread::Builder::new()
             .name("easel-epoch".into())
@@ -148,7 +270,18 @@ impl Runtime {
                 }
             })
             .expect("spawn the epoch ticker");
-        Ok(Arc::new(Self { engine, limits }))
+        let cache = cache_dir.map(|dir| Cache::new(dir, &engine));
+        Ok(Arc::new(Self {
+            engine,
+            limits,
+            linker,
+            cache,
+        }))
+    }
+
+    /// The limits every call runs under.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// Ticks until `deadline` (plus one for the tick in progress).
@@ -156,48 +289,71 @@ impl Runtime {
         (self.limits.deadline.as_micros() / TICK.as_micros()).max(1) as u64 + 1
     }
 
-    /// Loads a parser plugin from `path`.
-    pub fn load_parser(
-        self: &Arc<Self>,
-        name: &str,
-        path: &Path,
-        config: Vec<(String, String)>,
-    ) -> Result<ParserPlugin, PluginError> {
+    /// Loads the plugin in `path`; its name is the file stem.
+    pub fn load(self: &Arc<Self>, path: &Path) -> Result<Plugin, PluginError> {
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "plugin".to_owned());
         let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        self.parser_from_bytes(name, &bytes, config)
+        self.from_bytes(&name, &bytes)
     }
 
-    /// Compiles and links a parser plugin.
-    pub fn parser_from_bytes(
-        self: &Arc<Self>,
-        name: &str,
-        bytes: &[u8],
-        config: Vec<(String, String)>,
-    ) -> Result<ParserPlugin, PluginError> {
-        let invalid = |err: wasmtime::Error| PluginError::Invalid {
+    /// Compiles (or reads back from the cache), validates and links a plugin.
+    pub fn from_bytes(self: &Arc<Self>, name: &str, bytes: &[u8]) -> Result<Plugin, PluginError> {
+        let invalid = |message: String| PluginError::Invalid {
             name: name.to_owned(),
-            // One line: wasmtime's chain may span several.
-            message: format!("{err:#}")
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" "),
+            message,
         };
-        let component = Component::new(&self.engine, bytes).map_err(invalid)?;
-        let mut linker = Linker::<CallState>::new(&self.engine);
-        host_iface::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |state| state)
-            .map_err(invalid)?;
-        let pre = linker.instantiate_pre(&component).map_err(invalid)?;
-        let pre = parser_world::ParserPluginPre::new(pre).map_err(invalid)?;
-        Ok(ParserPlugin {
+        let sha256 = hex(&sha2::Sha256::digest(bytes));
+        let component = match &self.cache {
+            Some(cache) => cache.component(&self.engine, &sha256, bytes),
+            None => Component::new(&self.engine, bytes),
+        }
+        .map_err(|err| invalid(one_line(&err)))?;
+        let exports: Vec<String> = component
+            .component_type()
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let version = check_exports(&exports).map_err(invalid)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|err| invalid(one_line(&err)))?;
+        let has = |role: Role| exports.iter().any(|e| *e == role.interface(version));
+        /// The export lookups of one interface, if the component exports it.
+        fn lookup<T>(
+            exported: bool,
+            new: impl FnOnce() -> wasmtime::Result<T>,
+        ) -> wasmtime::Result<Option<T>> {
+            exported.then(new).transpose()
+        }
+        let indices = (|| {
+            Ok::<_, wasmtime::Error>(Indices {
+                parser: lookup(has(Role::Parser), || parser::GuestIndices::new(&pre))?,
+                access: lookup(has(Role::Access), || access::GuestIndices::new(&pre))?,
+                reactions: lookup(has(Role::Reactions), || reactions::GuestIndices::new(&pre))?,
+                model_policy: lookup(has(Role::ModelPolicy), || {
+                    model_policy::GuestIndices::new(&pre)
+                })?,
+            })
+        })()
+        .map_err(|err| invalid(one_line(&err)))?;
+        // Type-check every export once, here, rather than failing on a user's request.
+        let plugin = Plugin {
             runtime: self.clone(),
             name: Arc::from(name),
-            sha256: hex(&sha2::Sha256::digest(bytes)),
-            config: Arc::new(config),
+            sha256,
+            version,
             pre,
-        })
+            indices: Arc::new(indices),
+        };
+        plugin.type_check().map_err(|err| invalid(one_line(&err)))?;
+        Ok(plugin)
     }
 
     fn store(&self, name: &Arc<str>, config: &Arc<Vec<(String, String)>>) -> Store<CallState> {
@@ -211,6 +367,7 @@ impl Runtime {
                     .instances(8)
                     .trap_on_grow_failure(true)
                     .build(),
+                wasi: None,
             },
         );
         store.limiter(|state| &mut state.limits);
@@ -219,18 +376,66 @@ impl Runtime {
     }
 }
 
+/// Which supported WIT version a component's exports belong to, or why it is not a plugin.
+fn check_exports(exports: &[String]) -> Result<WitVersion, String> {
+    let ours: Vec<&String> = exports
+        .iter()
+        .filter(|e| e.starts_with("easel:plugin/"))
+        .collect();
+    let known = |version: WitVersion| {
+        Role::ALL
+            .iter()
+            .any(|role| ours.iter().any(|e| **e == role.interface(version)))
+    };
+    if known(WitVersion::V0_1) {
+        return Ok(WitVersion::V0_1);
+    }
+    let supported = Role::ALL
+        .iter()
+        .map(|role| role.interface(WitVersion::V0_1))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let Some(other) = ours.first() {
+        return Err(format!(
+            "it exports {other}, a version this easel does not serve; supported: {supported}"
+        ));
+    }
+    let found = if exports.is_empty() {
+        "nothing".to_owned()
+    } else {
+        exports.join(", ")
+    };
+    Err(format!(
+        "it exports {found}, none of easel's interfaces; a plugin exports at least one of {supported}"
+    ))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// What a call's store holds: the plugin's name and config, and the limits.
+/// What a call's store holds: the plugin's name and config, the limits, and (only for
+/// components that use it) an empty WASI context.
 pub struct CallState {
     plugin: Arc<str>,
     config: Arc<Vec<(String, String)>>,
     limits: StoreLimits,
+    wasi: Option<Box<(WasiCtx, ResourceTable)>>,
 }
 
-impl host_iface::Host for CallState {
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        // Built on first use: plugins that import no WASI never pay for it. `WasiCtx::builder()`
+        // grants nothing: no preopened directories, no environment, no arguments, no sockets,
+        // no name lookups; stdin is empty and stdout/stderr are discarded.
+        let (ctx, table) = &mut **self
+            .wasi
+            .get_or_insert_with(|| Box::new((WasiCtx::builder().build(), ResourceTable::new())));
+        WasiCtxView { ctx, table }
+    }
+}
+
+impl v0_1::easel::plugin::host::Host for CallState {
     fn log(&mut self, level: Level, message: String) {
         let plugin = &*self.plugin;
         match level {
@@ -247,28 +452,38 @@ impl host_iface::Host for CallState {
     }
 }
 
-impl parser_world::easel::plugin::types::Host for CallState {}
+impl v0_1::easel::plugin::types::Host for CallState {}
 
-/// A loaded parser plugin.
+/// Export lookups of one component, per role it serves.
+struct Indices {
+    parser: Option<parser::GuestIndices>,
+    access: Option<access::GuestIndices>,
+    reactions: Option<reactions::GuestIndices>,
+    model_policy: Option<model_policy::GuestIndices>,
+}
+
+/// A loaded plugin: one compiled component, instantiated afresh for every call.
 #[derive(Clone)]
-pub struct ParserPlugin {
+pub struct Plugin {
     runtime: Arc<Runtime>,
     name: Arc<str>,
     sha256: String,
-    config: Arc<Vec<(String, String)>>,
-    pre: parser_world::ParserPluginPre<CallState>,
+    version: WitVersion,
+    pre: InstancePre<CallState>,
+    indices: Arc<Indices>,
 }
 
-impl std::fmt::Debug for ParserPlugin {
+impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ParserPlugin")
+        f.debug_struct("Plugin")
             .field("name", &self.name)
             .field("sha256", &self.sha256)
+            .field("roles", &self.roles())
             .finish_non_exhaustive()
     }
 }
 
-impl ParserPlugin {
+impl Plugin {
     /// The plugin's name (its file stem).
     pub fn name(&self) -> &str {
         &self.name
@@ -279,117 +494,150 @@ impl ParserPlugin {
         &self.sha256
     }
 
-    /// `parser.parse` in a fresh instance, within the runtime's limits.
-    pub fn parse(&self, content: &str, caller: &Caller) -> Result<Outcome, PluginError> {
+    /// The WIT package version it was built against.
+    pub fn wit_version(&self) -> WitVersion {
+        self.version
+    }
+
+    /// The roles it can serve (the interfaces it exports).
+    pub fn roles(&self) -> Vec<Role> {
+        let i = &self.indices;
+        [
+            (Role::Parser, i.parser.is_some()),
+            (Role::Access, i.access.is_some()),
+            (Role::Reactions, i.reactions.is_some()),
+            (Role::ModelPolicy, i.model_policy.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(role, has)| has.then_some(role))
+        .collect()
+    }
+
+    /// Whether it exports the interface of `role`.
+    pub fn serves(&self, role: Role) -> bool {
+        self.roles().contains(&role)
+    }
+
+    /// Instantiates once and looks every export up with its type, so a component whose
+    /// functions have the wrong signatures is refused at load time.
+    fn type_check(&self) -> wasmtime::Result<()> {
+        let config = Arc::new(Vec::new());
+        let mut store = self.runtime.store(&self.name, &config);
+        let instance = self.pre.instantiate(&mut store)?;
+        let i = &self.indices;
+        if let Some(x) = &i.parser {
+            x.load(&mut store, &instance)?;
+        }
+        if let Some(x) = &i.access {
+            x.load(&mut store, &instance)?;
+        }
+        if let Some(x) = &i.reactions {
+            x.load(&mut store, &instance)?;
+        }
+        if let Some(x) = &i.model_policy {
+            x.load(&mut store, &instance)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` in a fresh instance within the runtime's limits.
+    fn call<R>(
+        &self,
+        role: Role,
+        config: &Arc<Vec<(String, String)>>,
+        f: impl FnOnce(&Indices, &mut Store<CallState>, &Instance) -> Option<wasmtime::Result<R>>,
+    ) -> Result<R, PluginError> {
         let fail = |err: wasmtime::Error| {
             let message = match err.downcast_ref::<wasmtime::Trap>() {
                 Some(wasmtime::Trap::Interrupt) => {
                     format!("deadline of {:?} exceeded", self.runtime.limits.deadline)
                 }
-                _ => format!("{err:#}"),
+                _ => one_line(&err),
             };
             PluginError::Call {
                 name: self.name.to_string(),
                 message,
             }
         };
-        let mut store = self.runtime.store(&self.name, &self.config);
+        let mut store = self.runtime.store(&self.name, config);
         let instance = self.pre.instantiate(&mut store).map_err(fail)?;
-        instance
-            .easel_plugin_parser()
-            .call_parse(&mut store, content, caller)
-            .map_err(fail)
-    }
-}
-
-/// A caller that the default access rules allow: a Discord user in a guild channel.
-pub fn example_caller() -> Caller {
-    Caller {
-        front_end: FrontEnd::Discord,
-        user_id: "100000000000000001".into(),
-        user_tag: "artist#0".into(),
-        role: 1,
-        guild: "Guild".into(),
-        channel: "art".into(),
-        channel_id: "200000000000000002".into(),
-        is_dm: false,
-        is_self: false,
-    }
-}
-
-/// The JSON form of an outcome, as `easel plugin call` prints it: records → objects, variants
-/// → `{"case": payload}` (`null` payload for a case without one).
-pub fn outcome_json(outcome: &Outcome) -> serde_json::Value {
-    use serde_json::json;
-    match outcome {
-        Outcome::Ignore => json!({"ignore": null}),
-        Outcome::Help(text) => json!({"help": text}),
-        Outcome::Error(text) => json!({"error": text}),
-        Outcome::Request(parsed) => {
-            let r = &parsed.request;
-            json!({"request": {
-                "request": {
-                    "prompt": r.prompt,
-                    "negative-prompt": r.negative_prompt,
-                    "cfg": r.cfg,
-                    "steps": r.steps,
-                    "width": r.width,
-                    "height": r.height,
-                    "seed": r.seed,
-                    "model": r.model,
-                    "sampler": r.sampler,
-                    "extra": r.extra,
-                },
-                "warnings": parsed.warnings,
-            }})
+        match f(&self.indices, &mut store, &instance) {
+            Some(result) => result.map_err(fail),
+            None => Err(PluginError::NoRole {
+                name: self.name.to_string(),
+                role,
+            }),
         }
     }
-}
 
-/// A caller from JSON (`{"user-tag": "x#0", "is-dm": true, …}`, kebab- or snake-case keys);
-/// keys left out keep the values of [`example_caller`].
-pub fn caller_from_json(value: &serde_json::Value) -> Result<Caller, String> {
-    let mut caller = example_caller();
-    let Some(object) = value.as_object() else {
-        return Err(format!("a caller is a JSON object, found {value}"));
-    };
-    for (key, v) in object {
-        let text = || {
-            v.as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| format!("caller.{key}: expected a string, found {v}"))
-        };
-        let flag = || {
-            v.as_bool()
-                .ok_or_else(|| format!("caller.{key}: expected true or false, found {v}"))
-        };
-        match key.replace('_', "-").as_str() {
-            "front-end" => {
-                caller.front_end = match v.as_str() {
-                    Some("discord") => FrontEnd::Discord,
-                    Some("http") => FrontEnd::Http,
-                    _ => {
-                        return Err(format!(
-                            "caller.{key}: expected \"discord\" or \"http\", found {v}"
-                        ));
-                    }
-                }
-            }
-            "user-id" => caller.user_id = text()?,
-            "user-tag" => caller.user_tag = text()?,
-            "role" => {
-                caller.role = v
-                    .as_u64()
-                    .and_then(|r| u8::try_from(r).ok())
-                    .ok_or_else(|| format!("caller.{key}: expected a role 0-4, found {v}"))?
-            }
-            "guild" => caller.guild = text()?,
-            "channel" => caller.channel = text()?,
-            "channel-id" => caller.channel_id = text()?,
-            "is-dm" => caller.is_dm = flag()?,
-            "is-self" => caller.is_self = flag()?,
-            other => return Err(format!("caller has no field `{other}`")),
-        }
+    /// `parser.parse`.
+    pub fn parse(
+        &self,
+        config: &Arc<Vec<(String, String)>>,
+        content: &str,
+        caller: &Caller,
+    ) -> Result<Outcome, PluginError> {
+        self.call(Role::Parser, config, |i, store, instance| {
+            let guest = i.parser.as_ref()?;
+            Some(
+                guest
+                    .load(&mut *store, instance)
+                    .and_then(|g| g.call_parse(&mut *store, content, caller)),
+            )
+        })
     }
-    Ok(caller)
+
+    /// `access.check`.
+    pub fn check(
+        &self,
+        config: &Arc<Vec<(String, String)>>,
+        caller: &Caller,
+    ) -> Result<Decision, PluginError> {
+        self.call(Role::Access, config, |i, store, instance| {
+            let guest = i.access.as_ref()?;
+            Some(
+                guest
+                    .load(&mut *store, instance)
+                    .and_then(|g| g.call_check(&mut *store, caller)),
+            )
+        })
+    }
+
+    /// `reactions.on-stage`.
+    pub fn on_stage(
+        &self,
+        config: &Arc<Vec<(String, String)>>,
+        stage: Stage,
+        caller: &Caller,
+        request: Option<&JobRequest>,
+        info: &str,
+    ) -> Result<Vec<Action>, PluginError> {
+        self.call(Role::Reactions, config, |i, store, instance| {
+            let guest = i.reactions.as_ref()?;
+            Some(
+                guest
+                    .load(&mut *store, instance)
+                    .and_then(|g| g.call_on_stage(&mut *store, stage, caller, request, info)),
+            )
+        })
+    }
+
+    /// `model-policy.decide`.
+    pub fn decide(
+        &self,
+        config: &Arc<Vec<(String, String)>>,
+        request: &JobRequest,
+        caller: &Caller,
+        catalog: &[Model],
+        limits: PolicyLimits,
+    ) -> Result<Verdict, PluginError> {
+        self.call(Role::ModelPolicy, config, |i, store, instance| {
+            let guest = i.model_policy.as_ref()?;
+            Some(
+                guest
+                    .load(&mut *store, instance)
+                    .and_then(|g| g.call_decide(&mut *store, request, caller, catalog, limits)),
+            )
+        })
+    }
 }

@@ -1,13 +1,14 @@
 //! Starting and stopping the server: store, job service, backends and front ends, in that
 //! order, and a clean stop on Ctrl-C / SIGTERM.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::{self, AppState, Authenticator};
 use crate::config::{Config, redact_url};
 use crate::jobs::JobService;
+use crate::plugins::{PluginSettings, Registry};
 use crate::sim;
 use crate::store::Store;
 
@@ -36,6 +37,9 @@ pub enum ServeError {
     /// The worker pool could not bind.
     #[error(transparent)]
     Workers(#[from] crate::workers::pool::BindError),
+    /// The plugin engine could not start.
+    #[error("cannot start the plugin runtime: {0}")]
+    Plugins(#[from] crate::plugins::PluginError),
     /// The superuser token file could not be written.
     #[error("cannot write the superuser token to {path}: {source}")]
     TokenFile {
@@ -95,9 +99,78 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     file.write_all(b"\n")
 }
 
-/// Runs the server until `shutdown` resolves.
+/// Loads the plugins (off the async threads) and starts watching the plugin directory and the
+/// configuration file: a changed plugin is swapped in, a changed `[plugins]` section (roles,
+/// settings, failure policies) is applied without a restart.
+async fn start_plugins(
+    config: &Config,
+    config_path: Option<PathBuf>,
+) -> Result<(Arc<Registry>, Vec<notify::RecommendedWatcher>), ServeError> {
+    let dir = PathBuf::from(&config.plugins.dir);
+    let runtime = crate::plugins::runtime_for(&config.plugins, &dir)?;
+    let settings = PluginSettings::from_config(config);
+    let registry = tokio::task::spawn_blocking(move || Registry::open(runtime, &dir, settings))
+        .await
+        .expect("plugin loading does not panic");
+    for (role, name, serving, policy) in registry.roles() {
+        tracing::info!(role = %role, plugin = %name, served_by = serving, on_failure = policy.as_str(), "plugin role");
+    }
+    let mut watchers = Vec::new();
+    match registry.watch() {
+        Ok(watcher) => watchers.push(watcher),
+        Err(err) => {
+            tracing::warn!(dir = %registry.dir().display(), error = %err, "not watching the plugin directory; plugin changes need a restart")
+        }
+    }
+    if let Some(path) = config_path.filter(|p| p.exists()) {
+        let file = path.file_name().map(ToOwned::to_owned);
+        let dir = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let target = Arc::downgrade(&registry);
+        let before = config.clone();
+        let watched = crate::plugins::watch_files(
+            &dir,
+            move |p| p.file_name() == file.as_deref(),
+            move |_| {
+                let Some(registry) = target.upgrade() else {
+                    return false;
+                };
+                match Config::load(&path, true) {
+                    Ok(new) => {
+                        registry.set_settings(PluginSettings::from_config(&new));
+                        let mut rest = new.clone();
+                        rest.plugins = before.plugins.clone();
+                        rest.discord = before.discord.clone();
+                        if rest != before {
+                            tracing::warn!(config = %path.display(), "config changed: plugin roles and settings applied; other changes take effect at the next start");
+                        } else {
+                            tracing::info!(config = %path.display(), "config changed: plugin roles and settings applied");
+                        }
+                        for (role, name, serving, _) in registry.roles() {
+                            tracing::info!(role = %role, plugin = %name, served_by = serving, "plugin role");
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "config changed but cannot be read; keeping the previous plugin settings")
+                    }
+                }
+                true
+            },
+        );
+        match watched {
+            Ok(watcher) => watchers.push(watcher),
+            Err(err) => tracing::warn!(error = %err, "not watching the configuration file"),
+        }
+    }
+    Ok((registry, watchers))
+}
+
+/// Runs the server until `shutdown` resolves; `config_path` is watched for plugin settings.
 pub async fn run(
     config: Config,
+    config_path: Option<PathBuf>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let url = redact_url(&config.database.url);
@@ -113,6 +186,13 @@ pub async fn run(
     let jobs = Arc::new(JobService::new(store.clone(), host.clone()));
     jobs.recover().await?;
 
+    if config.api.secret_key.is_empty() {
+        tracing::info!(
+            "JWT authentication off: set [api] secret_key (or SECRET_KEY) to accept Bearer tokens"
+        );
+    }
+    let superuser = superuser_token(&config)?;
+    let (plugins, _watchers) = start_plugins(&config, config_path).await?;
     if config.discord_enabled() {
         tracing::warn!("a Discord token is set, but this build has no Discord front end yet");
     } else {
@@ -120,12 +200,6 @@ pub async fn run(
             "Discord front end off: set [auth] discord_token in config.toml (or DISCORD_BOT_TOKEN) to turn it on"
         );
     }
-    if config.api.secret_key.is_empty() {
-        tracing::info!(
-            "JWT authentication off: set [api] secret_key (or SECRET_KEY) to accept Bearer tokens"
-        );
-    }
-    let superuser = superuser_token(&config)?;
 
     let mut backends = sim::spawn(
         jobs.clone(),
@@ -166,6 +240,7 @@ pub async fn run(
         jobs: jobs.clone(),
         auth: Authenticator::new(&superuser, &config.api.secret_key),
         image_pixel_limit: config.api.image_pixel_limit,
+        plugins,
     };
     let served = api::serve(listener, state, shutdown).await;
 

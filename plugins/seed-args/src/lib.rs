@@ -7,10 +7,22 @@
 //! `--opt=value` works, negative numbers are values, and words after an option are not part of
 //! the prompt but "unknown args".
 //!
+//! [`read_message`] is the whole of the seed's message handling on top of that (wake word,
+//! `--help`, the exact reply strings), shared by the default parser plugins: `plugins/parser`
+//! with the seed's options ([`seed_options`]) and `plugins/parser-extended` with more
+//! ([`extended_options`]).
+//!
 //! This crate has no dependencies and no I/O, so it builds for the plugins' wasm target and is
 //! tested natively against Python itself (see `tests/`).
 
 use std::fmt;
+
+mod message;
+
+pub use message::{
+    BAD_NUMBER, EMPTY_PROMPT, EXTENDED_HELP, OPEN_QUOTE, Reading, SEED_HELP, UNKNOWN_ARGS,
+    read_message,
+};
 
 /// Why a message could not be split or parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,6 +109,8 @@ pub enum Kind {
     Float,
     /// The string as given.
     Text,
+    /// `WxH` (or `WXH`): two ASCII-digit integers from 1 to 2³²-1 ([`parse_size`]).
+    Size,
 }
 
 /// A value after conversion.
@@ -108,6 +122,8 @@ pub enum Value {
     Float(f64),
     /// A string.
     Text(String),
+    /// A size, width then height; `(0, 0)` for "not given".
+    Size(u32, u32),
 }
 
 /// One `--name VALUE` option.
@@ -193,6 +209,19 @@ pub fn python_float(s: &str) -> Option<f64> {
     }
     let clean: String = body.chars().filter(|c| *c != '_').collect();
     clean.parse::<f64>().ok().map(|v| sign * v)
+}
+
+/// `WxH`: a width and a height, ASCII digits (leading zeros allowed), each from 1 to 2³²-1,
+/// separated by `x` or `X`.
+pub fn parse_size(s: &str) -> Option<(u32, u32)> {
+    let (width, height) = s.split_once(['x', 'X'])?;
+    let side = |t: &str| {
+        (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| t.parse::<u32>().ok())
+            .flatten()
+            .filter(|n| *n > 0)
+    };
+    Some((side(width)?, side(height)?))
 }
 
 /// Is `arg` what argparse's `_negative_number_matcher` calls a negative number?
@@ -288,6 +317,9 @@ fn convert(spec: &OptionSpec, raw: &str) -> Result<Value, ParseError> {
             .map(Value::Float)
             .ok_or_else(|| bad("float")),
         Kind::Text => Ok(Value::Text(raw.to_owned())),
+        Kind::Size => parse_size(raw)
+            .map(|(w, h)| Value::Size(w, h))
+            .ok_or_else(|| bad("size")),
     }
 }
 
@@ -407,6 +439,40 @@ pub fn seed_options() -> Vec<OptionSpec> {
     ]
 }
 
+/// The seed's options, then `--negative` (text, ""), `--seed` (int, -1), `--size` (`WxH`,
+/// none), `--model` (text, "") and `--sampler` (text, ""): the extended parser's.
+pub fn extended_options() -> Vec<OptionSpec> {
+    let mut specs = seed_options();
+    specs.extend([
+        OptionSpec {
+            flag: "--negative",
+            kind: Kind::Text,
+            default: Value::Text(String::new()),
+        },
+        OptionSpec {
+            flag: "--seed",
+            kind: Kind::Int,
+            default: Value::Int(-1),
+        },
+        OptionSpec {
+            flag: "--size",
+            kind: Kind::Size,
+            default: Value::Size(0, 0),
+        },
+        OptionSpec {
+            flag: "--model",
+            kind: Kind::Text,
+            default: Value::Text(String::new()),
+        },
+        OptionSpec {
+            flag: "--sampler",
+            kind: Kind::Text,
+            default: Value::Text(String::new()),
+        },
+    ]);
+    specs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -457,6 +523,36 @@ mod tests {
         assert_eq!(parse("a cat --st 20"), ok("a cat", 7.5, 20, ""));
         assert_eq!(parse("a cat --c=3"), ok("a cat", 3.0, 50, ""));
         assert_eq!(parse("a cat --cfg -1"), ok("a cat", -1.0, 50, ""));
+    }
+
+    #[test]
+    fn extended_abbreviations_and_sizes() {
+        let parse = |text: &str| {
+            let words = shlex_split_non_posix(text).unwrap();
+            parse_known_args(&words, &extended_options())
+        };
+        let value = |text: &str, i: usize| parse(text).unwrap().values[i].clone();
+        assert_eq!(value("a --st 20", 1), Value::Int(20));
+        assert_eq!(value("a --see 7", 3), Value::Int(7));
+        assert_eq!(value("a --se 7", 3), Value::Int(7));
+        assert_eq!(value("a --si 512x768", 4), Value::Size(512, 768));
+        assert_eq!(value("a --sa euler", 6), Value::Text("euler".into()));
+        assert_eq!(value("a --m sd15", 5), Value::Text("sd15".into()));
+        assert_eq!(value("a --n blurry", 2), Value::Text("blurry".into()));
+        assert_eq!(value("a --negative -1", 2), Value::Text("-1".into()));
+        assert_eq!(value("a --size 0512X64", 4), Value::Size(512, 64));
+        for bad in [
+            "a --s 5",
+            "a --s=5",
+            "a --size 0x5",
+            "a --size 5x",
+            "a --size 5x5x5",
+            "a --size 4294967296x1",
+            "a --size -5x5",
+            "a --model",
+        ] {
+            assert!(matches!(parse(bad), Err(ParseError::Usage(_))), "{bad}");
+        }
     }
 
     #[test]

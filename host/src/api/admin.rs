@@ -1,0 +1,45 @@
+//! `GET /api/admin/plugins`: what `easel plugin list` shows, from the running server, with
+//! each plugin's reload count and last reload time (superuser token or role ≥ 3).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+
+/// Navigator's admin role.
+const ARCHITECT: i64 = 3;
+
+pub(super) async fn plugins(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let user = state
+        .auth
+        .authenticate(&headers, state.jobs.store())
+        .await?;
+    if user.role < ARCHITECT {
+        return Err(ApiError::forbidden(
+            "You do not have permission to view plugins!",
+        ));
+    }
+    let registry = &state.plugins;
+    let roles: Vec<Value> = registry
+        .roles()
+        .into_iter()
+        .map(|(role, plugin, serving, policy)| {
+            json!({
+                "role": role.as_str(),
+                "plugin": plugin,
+                "served_by": serving,
+                "on_failure": policy.as_str(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "dir": registry.dir(),
+        "plugins": registry.list(),
+        "roles": roles,
+    })))
+}
