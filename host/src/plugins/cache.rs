@@ -45,11 +45,13 @@ impl Cache {
         bytes: &[u8],
     ) -> wasmtime::Result<Component> {
         let entry = self.entry(sha256);
-        if entry.exists() {
+        // Read into memory rather than mapped: a file changed under a mapping would crash the
+        // process (SIGBUS), and an entry is small.
+        if let Ok(cached) = std::fs::read(&entry) {
             // SAFETY: the entry was written by `store` below from `Component::serialize` of an
             // engine with the same compatibility hash (it is in the name), into a directory
             // only the operator writes; wasmtime also checks the header before using it.
-            match unsafe { Component::deserialize_file(engine, &entry) } {
+            match unsafe { Component::deserialize(engine, &cached) } {
                 Ok(component) => return Ok(component),
                 Err(err) => {
                     tracing::warn!(entry = %entry.display(), error = %err, "cached plugin unusable; compiling again");

@@ -54,6 +54,22 @@ impl Role {
         }
     }
 
+    /// The keys of the seed's configuration that this role's plugin receives.
+    pub fn seed_keys(self) -> &'static [&'static str] {
+        match self {
+            Role::Parser => &["wake_word"],
+            Role::Access => &[
+                "listen_channels",
+                "ignore_channels",
+                "listen_users",
+                "ignore_users",
+                "allow_dms",
+            ],
+            Role::Reactions => &["ack_emoji", "in_prog_emoji", "done_emoji"],
+            Role::ModelPolicy => &[],
+        }
+    }
+
     /// The role named `name`.
     pub fn from_name(name: &str) -> Option<Role> {
         Role::ALL.into_iter().find(|r| r.as_str() == name)
@@ -128,8 +144,9 @@ fn toml_text(value: &toml::Value) -> String {
 
 impl PluginSettings {
     /// From `config.toml`: `[plugins.roles]`, `[plugins.<name>]` tables, and the seed's
-    /// `[discord.settings]` and `[discord.style]` keys plus `[discord] allow_dms`, which every
-    /// plugin receives first (a plugin's own table can override them).
+    /// `[discord.settings]` and `[discord.style]` keys plus `[discord] allow_dms`: a plugin
+    /// receives those its roles read ([`Role::seed_keys`]; all of them when it serves no role),
+    /// then its own table (which wins).
     pub fn from_config(config: &Config) -> Self {
         let mut base = Vec::new();
         for section in [
@@ -148,32 +165,43 @@ impl PluginSettings {
             (Role::Reactions, roles.reactions.clone()),
             (Role::ModelPolicy, roles.model_policy.clone()),
         ]);
-        let plugins = config
-            .plugins
-            .settings
-            .iter()
-            .map(|(name, table)| {
-                let mut pairs = base.clone();
-                let mut policy = FailurePolicy::default();
-                for (key, value) in table {
-                    if key == ON_FAILURE {
-                        policy = value
-                            .as_str()
-                            .and_then(FailurePolicy::from_name)
-                            .unwrap_or_default();
-                    } else {
-                        pairs.retain(|(k, _)| k != key);
-                        pairs.push((key.clone(), toml_text(value)));
-                    }
-                }
-                (name.clone(), (Arc::new(pairs), policy))
-            })
-            .collect();
-        Self {
+        let mut settings = Self {
             roles,
             base: Arc::new(base),
-            plugins,
+            plugins: HashMap::new(),
+        };
+        // Every plugin named for a role or configured gets the seed keys of its roles (all of
+        // them when it serves none) under its own table.
+        let mut names: Vec<&str> = settings.roles.values().map(String::as_str).collect();
+        names.extend(Role::ALL.iter().map(|r| r.as_str()));
+        names.extend(config.plugins.settings.keys().map(String::as_str));
+        let mut plugins = HashMap::new();
+        for name in names {
+            let roles = settings.roles_of(name);
+            let mut pairs: Vec<(String, String)> = settings
+                .base
+                .iter()
+                .filter(|(key, _)| {
+                    roles.is_empty() || roles.iter().any(|r| r.seed_keys().contains(&key.as_str()))
+                })
+                .cloned()
+                .collect();
+            let mut policy = FailurePolicy::default();
+            for (key, value) in config.plugins.settings.get(name).into_iter().flatten() {
+                if key == ON_FAILURE {
+                    policy = value
+                        .as_str()
+                        .and_then(FailurePolicy::from_name)
+                        .unwrap_or_default();
+                } else {
+                    pairs.retain(|(k, _)| k != key);
+                    pairs.push((key.clone(), toml_text(value)));
+                }
+            }
+            plugins.insert(name.to_owned(), (Arc::new(pairs), policy));
         }
+        settings.plugins = plugins;
+        settings
     }
 
     /// The plugin named to serve `role` ("" means the built-in default).
@@ -235,6 +263,9 @@ mod tests {
                 .map(|(_, v)| v.clone())
         };
         assert_eq!(get("parser", "wake_word").as_deref(), Some("!draw"));
+        // Only the keys of its roles: the access lists do not go to the parser.
+        assert_eq!(get("parser-extended", "listen_channels"), None);
+        assert_eq!(get("model-policy", "wake_word"), None);
         assert_eq!(
             get("parser-extended", "wake_word").as_deref(),
             Some("/paint")
