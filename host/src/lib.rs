@@ -18,6 +18,7 @@
 pub mod api;
 pub mod bench;
 pub mod config;
+pub mod discord;
 pub mod jobs;
 pub mod plugins;
 pub mod server;

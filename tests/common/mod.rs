@@ -10,6 +10,7 @@
 
 #![allow(dead_code)]
 
+pub mod discord;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -37,6 +37,9 @@ pub enum ServeError {
     /// The worker pool could not bind.
     #[error(transparent)]
     Workers(#[from] crate::workers::pool::BindError),
+    /// The Discord front end could not start.
+    #[error(transparent)]
+    Discord(#[from] crate::discord::DiscordError),
     /// The plugin engine could not start.
     #[error("cannot start the plugin runtime: {0}")]
     Plugins(#[from] crate::plugins::PluginError),
@@ -193,13 +196,18 @@ pub async fn run(
     }
     let superuser = superuser_token(&config)?;
     let (plugins, _watchers) = start_plugins(&config, config_path).await?;
-    if config.discord_enabled() {
-        tracing::warn!("a Discord token is set, but this build has no Discord front end yet");
+    let discord = if config.discord_enabled() {
+        Some(crate::discord::start(
+            &config,
+            jobs.clone(),
+            plugins.clone(),
+        )?)
     } else {
         tracing::info!(
             "Discord front end off: set [auth] discord_token in config.toml (or DISCORD_BOT_TOKEN) to turn it on"
         );
-    }
+        None
+    };
 
     let mut backends = sim::spawn(
         jobs.clone(),
@@ -243,6 +251,9 @@ pub async fn run(
         plugins,
     };
     let served = api::serve(listener, state, shutdown).await;
+    if let Some(discord) = discord {
+        discord.shutdown().await;
+    }
 
     // Stop the backends; whatever they were running goes back to the queue now rather than at
     // the next start.

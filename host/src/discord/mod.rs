@@ -1,0 +1,245 @@
+//! The Discord front end: a twilight gateway shard and HTTP client, Stably Discordant's message
+//! flow run through the policy plugins, the `/art` slash command, and result buttons.
+//!
+//! A message goes access plugin → parser plugin → model-policy plugin → job service; the
+//! reactions plugin decides what the bot shows at every stage (accepted, help, rejected,
+//! queued, dispatched, progress, finished, failed) and this module carries its actions out on
+//! Discord. Jobs are followed through the job service's events; a job's origin
+//! (`discord:<channel>:<message>`) is stored with it, so results of jobs queued before a restart
+//! still reach their message. Rate limits (429 with `retry_after`) are twilight's; a dropped
+//! gateway connection is resumed by the shard.
+
+mod flow;
+mod places;
+mod slash;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::sync::{mpsc, watch};
+use twilight_gateway::{
+    CloseFrame, ConfigBuilder, Event, EventTypeFlags, Intents, Shard, ShardId, StreamExt as _,
+};
+use twilight_model::id::Id;
+use twilight_model::id::marker::{ApplicationMarker, ChannelMarker, UserMarker};
+
+use crate::config::Config;
+use crate::jobs::{JobEvent, JobService};
+use crate::plugins::Registry;
+
+pub use places::{Place, Places};
+
+/// Why the front end could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscordError {
+    /// `[discord] api_base` is not a usable URL.
+    #[error("[discord] api_base {0:?} is not an http:// or https:// URL")]
+    ApiBase(String),
+}
+
+/// What the bot learns about itself at READY.
+#[derive(Clone, Copy, Debug)]
+struct Me {
+    user: Id<UserMarker>,
+    application: Id<ApplicationMarker>,
+}
+
+/// The front end's settings, from `[discord]`.
+#[derive(Clone, Debug)]
+struct Settings {
+    announce: bool,
+    threads_own: bool,
+    commands: String,
+    pixel_limit: u64,
+}
+
+/// State shared by the gateway loop and the tasks it starts.
+struct Bot {
+    http: twilight_http::Client,
+    jobs: Arc<JobService>,
+    plugins: Arc<Registry>,
+    places: Places,
+    me: OnceLock<Me>,
+    settings: Settings,
+    /// Jobs this process follows: their event senders.
+    followers: Mutex<HashMap<String, mpsc::UnboundedSender<JobEvent>>>,
+    /// Channels that got `I'm here!` since start.
+    announced: Mutex<HashSet<Id<ChannelMarker>>>,
+}
+
+/// The running front end; stops when [`DiscordHandle::shutdown`] is awaited.
+pub struct DiscordHandle {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl DiscordHandle {
+    /// Closes the gateway connection and stops following jobs.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// `http://host:port` → (`host:port`, plain HTTP); `https://host` → (`host`, TLS).
+fn proxy_of(api_base: &str) -> Result<(String, bool), DiscordError> {
+    let url = url::Url::parse(api_base).map_err(|_| DiscordError::ApiBase(api_base.to_owned()))?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| DiscordError::ApiBase(api_base.to_owned()))?;
+    let host = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    match url.scheme() {
+        "http" => Ok((host, true)),
+        "https" => Ok((host, false)),
+        _ => Err(DiscordError::ApiBase(api_base.to_owned())),
+    }
+}
+
+/// Starts the front end: connects the shard and follows job events.
+pub fn start(
+    config: &Config,
+    jobs: Arc<JobService>,
+    plugins: Arc<Registry>,
+) -> Result<DiscordHandle, DiscordError> {
+    // twilight enables no rustls crypto provider itself; easel builds rustls with ring only.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let token = config.auth.discord_token.trim().to_owned();
+    let discord = &config.discord;
+    let mut http = twilight_http::Client::builder().token(token.clone());
+    if !discord.api_base.is_empty() {
+        let (host, plain) = proxy_of(&discord.api_base)?;
+        http = http.proxy(host, plain);
+    }
+    let intents = Intents::GUILDS
+        | Intents::GUILD_MESSAGES
+        | Intents::DIRECT_MESSAGES
+        | Intents::MESSAGE_CONTENT
+        | Intents::GUILD_MESSAGE_REACTIONS
+        | Intents::DIRECT_MESSAGE_REACTIONS;
+    let mut shard_config = ConfigBuilder::new(token, intents);
+    if !discord.gateway_url.is_empty() {
+        shard_config = shard_config.proxy_url(discord.gateway_url.trim_end_matches('/').to_owned());
+    }
+    let shard = Shard::with_config(ShardId::ONE, shard_config.build());
+    let bot = Arc::new(Bot {
+        http: http.build(),
+        jobs,
+        plugins,
+        places: Places::default(),
+        me: OnceLock::new(),
+        settings: Settings {
+            announce: discord.announce,
+            threads_own: discord.threads == "own",
+            commands: discord.commands.clone(),
+            pixel_limit: config.api.image_pixel_limit,
+        },
+        followers: Mutex::new(HashMap::new()),
+        announced: Mutex::new(HashSet::new()),
+    });
+    let (stop, stopped) = watch::channel(false);
+    let events = bot.jobs.subscribe();
+    let tasks = vec![
+        tokio::spawn(gateway_loop(bot.clone(), shard, stopped.clone())),
+        tokio::spawn(flow::follow_jobs(bot, events, stopped)),
+    ];
+    tracing::info!("Discord front end starting");
+    Ok(DiscordHandle { stop, tasks })
+}
+
+async fn gateway_loop(bot: Arc<Bot>, mut shard: Shard, mut stopped: watch::Receiver<bool>) {
+    let flags = EventTypeFlags::READY
+        | EventTypeFlags::RESUMED
+        | EventTypeFlags::GUILD_CREATE
+        | EventTypeFlags::GUILD_UPDATE
+        | EventTypeFlags::GUILD_DELETE
+        | EventTypeFlags::CHANNEL_CREATE
+        | EventTypeFlags::CHANNEL_UPDATE
+        | EventTypeFlags::CHANNEL_DELETE
+        | EventTypeFlags::THREAD_CREATE
+        | EventTypeFlags::THREAD_UPDATE
+        | EventTypeFlags::THREAD_DELETE
+        | EventTypeFlags::MESSAGE_CREATE
+        | EventTypeFlags::INTERACTION_CREATE;
+    loop {
+        let next = tokio::select! {
+            _ = stopped.changed() => {
+                shard.close(CloseFrame::NORMAL);
+                // Let the close frame go out.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), shard.next_event(flags)).await;
+                return;
+            }
+            next = shard.next_event(flags) => next,
+        };
+        let event = match next {
+            None => return,
+            Some(Ok(event)) => event,
+            Some(Err(err)) => {
+                tracing::warn!(error = %err, "Discord gateway error; the shard reconnects");
+                continue;
+            }
+        };
+        bot.on_event(event);
+    }
+}
+
+impl Bot {
+    fn on_event(self: &Arc<Self>, event: Event) {
+        match event {
+            Event::Ready(ready) => {
+                let me = Me {
+                    user: ready.user.id,
+                    application: ready.application.id,
+                };
+                let _ = self.me.set(me);
+                tracing::info!(user = %ready.user.name, guilds = ready.guilds.len(), "Discord ready");
+                if self.settings.commands == "global" {
+                    let bot = self.clone();
+                    tokio::spawn(async move { bot.register_commands(None).await });
+                }
+            }
+            Event::Resumed => tracing::info!("Discord session resumed"),
+            Event::GuildCreate(guild) => {
+                if let twilight_model::gateway::payload::incoming::GuildCreate::Available(guild) =
+                    &*guild
+                {
+                    self.places.add_guild(guild);
+                    let (bot, id) = (self.clone(), guild.id);
+                    tokio::spawn(async move {
+                        if bot.settings.commands == "guild" {
+                            bot.register_commands(Some(id)).await;
+                        }
+                        if bot.settings.announce {
+                            bot.announce(id).await;
+                        }
+                    });
+                }
+            }
+            Event::GuildUpdate(update) => self.places.rename_guild(update.id, &update.name),
+            Event::GuildDelete(gone) if !gone.unavailable.unwrap_or(false) => {
+                self.places.remove_guild(gone.id);
+            }
+            Event::ChannelCreate(c) => self.places.add_channel(&c),
+            Event::ChannelUpdate(c) => self.places.add_channel(&c),
+            Event::ChannelDelete(c) => self.places.remove_channel(c.id),
+            Event::ThreadCreate(c) => self.places.add_channel(&c),
+            Event::ThreadUpdate(c) => self.places.add_channel(&c),
+            Event::ThreadDelete(c) => self.places.remove_channel(c.id),
+            Event::MessageCreate(message) => {
+                let message = *message;
+                let bot = self.clone();
+                tokio::spawn(async move { bot.on_message(message.message).await });
+            }
+            Event::InteractionCreate(interaction) => {
+                let interaction = *interaction;
+                let bot = self.clone();
+                tokio::spawn(async move { bot.on_interaction(interaction.0).await });
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,638 @@
+//! The Discord front end end to end: the real `easel` binary, its twilight shard and HTTP
+//! client pointed at the fake Discord of `common::discord`; every scenario asserts the REST
+//! calls the bot made, in order.
+
+mod common;
+
+use std::time::Duration;
+
+use common::discord::{Author, Channel, FakeDiscord, Guild, RestCall};
+use common::{Server, ServerOptions};
+use serde_json::{Value, json};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+const APP: u64 = 3000;
+const GUILD: u64 = 100;
+const ART: u64 = 10;
+const OFF_TOPIC: u64 = 12;
+const THREAD: u64 = 11;
+const DM: u64 = 555;
+
+fn alice() -> Author {
+    Author::user(2000, "alice")
+}
+
+fn bob() -> Author {
+    Author::user(2001, "bob")
+}
+
+struct Bot {
+    fake: FakeDiscord,
+    server: Server,
+    _dir: tempfile::TempDir,
+}
+
+/// A fake Discord with guild "Studio" (#art, #off-topic, thread "fox" in #art) and easel
+/// connected to it; `discord` is added to `[discord]`, `more` appended (further sections).
+async fn start(discord: &str, more: &str, workers: u32) -> Bot {
+    start_with(discord, more, workers, "").await
+}
+
+/// [`start`], with extra `[workers]` keys.
+async fn start_with(discord: &str, more: &str, workers: u32, workers_toml: &str) -> Bot {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let fake = FakeDiscord::start(
+        Author::bot(1000, "easel"),
+        APP,
+        vec![Guild {
+            id: GUILD,
+            name: "Studio".into(),
+            channels: vec![
+                Channel::text(ART, "art"),
+                Channel::text(OFF_TOPIC, "off-topic"),
+                Channel::thread(THREAD, "fox", ART),
+            ],
+        }],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("easel.db").display());
+    let extra = format!(
+        "[auth]\ndiscord_token = \"test-token\"\n[discord]\ngateway_url = {:?}\n\
+         api_base = \"http://{}\"\n{discord}\n{more}\n",
+        fake.gateway_url, fake.api_host
+    );
+    let server = Server::start(ServerOptions {
+        db_url: &db,
+        dir: dir.path(),
+        step_ms: 0,
+        workers,
+        workers_toml,
+        extra_toml: &extra,
+        ..ServerOptions::default()
+    })
+    .await;
+    fake.wait_ready(TIMEOUT).await;
+    Bot {
+        fake,
+        server,
+        _dir: dir,
+    }
+}
+
+/// What a REST call did to the user's message `message` in `channel`: `+emoji`, `-emoji`,
+/// `reply:<text>` (with ` [file]` when a picture is attached); `None` if it is about something
+/// else.
+fn about(call: &RestCall, channel: u64, message: u64) -> Option<String> {
+    let reactions = format!("/api/v10/channels/{channel}/messages/{message}/reactions/");
+    if let Some(emoji) = call
+        .path
+        .strip_prefix(&reactions)
+        .and_then(|rest| rest.strip_suffix("/@me"))
+    {
+        if call.status >= 300 {
+            return None; // A 429 retried: the retry is what counts.
+        }
+        return match call.method.as_str() {
+            "PUT" => Some(format!("+{emoji}")),
+            "DELETE" => Some(format!("-{emoji}")),
+            _ => None,
+        };
+    }
+    let json = call.json.as_ref()?;
+    let replied = json["message_reference"]["message_id"].as_str()? == message.to_string();
+    if call.is("POST", &format!("/api/v10/channels/{channel}/messages")) && replied {
+        let file = if call.files.is_empty() { "" } else { " [file]" };
+        return Some(format!(
+            "reply:{}{file}",
+            json["content"].as_str().unwrap_or("")
+        ));
+    }
+    None
+}
+
+impl Bot {
+    /// Waits for `expected.len()` actions on `message` and checks them, in order.
+    async fn expect(&self, channel: u64, message: u64, expected: &[&str]) {
+        let calls = self
+            .fake
+            .wait_for_calls(
+                expected.len(),
+                |c| about(c, channel, message).is_some(),
+                TIMEOUT,
+            )
+            .await;
+        let seen: Vec<String> = calls
+            .iter()
+            .filter_map(|c| about(c, channel, message))
+            .collect();
+        assert_eq!(seen, expected, "actions on message {message}");
+    }
+
+    /// Nothing was done about `message`.
+    fn untouched(&self, channel: u64, message: u64) {
+        let seen: Vec<String> = self
+            .fake
+            .calls()
+            .iter()
+            .filter_map(|c| about(c, channel, message))
+            .collect();
+        assert!(seen.is_empty(), "message {message} got {seen:?}");
+    }
+}
+
+/// The actions of a request that finishes, with `reply` the repr of its args.
+fn finished(args: &str) -> Vec<String> {
+    vec![
+        "+👍".into(),
+        "+⏱️".into(),
+        "-⏱️".into(),
+        "+💯".into(),
+        format!("reply:Parsed args: {args} processed by hostname: simulated-0 [file]"),
+    ]
+}
+
+#[tokio::test]
+async fn ready_greets_allowed_channels_and_registers_the_command() {
+    let bot = start(
+        "",
+        "[discord.settings]\nlisten_channels = [\"Studio:art\"]\n",
+        1,
+    )
+    .await;
+    let greetings = bot
+        .fake
+        .wait_for_calls(
+            1,
+            |c| c.method == "POST" && c.json.as_ref().is_some_and(|j| j["content"] == "I'm here!"),
+            TIMEOUT,
+        )
+        .await;
+    assert_eq!(
+        greetings[0].path,
+        format!("/api/v10/channels/{ART}/messages")
+    );
+    let registered = bot
+        .fake
+        .wait_for_calls(
+            1,
+            |c| c.is("PUT", &format!("/api/v10/applications/{APP}/commands")),
+            TIMEOUT,
+        )
+        .await;
+    let command = &registered[0].json.as_ref().unwrap()[0];
+    assert_eq!(command["name"], "art");
+    let options: Vec<&str> = command["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        options,
+        [
+            "prompt",
+            "negative_prompt",
+            "cfg",
+            "steps",
+            "seed",
+            "width",
+            "height",
+            "model"
+        ]
+    );
+    // Only #art: not #off-topic, not the thread.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let greeted = bot
+        .fake
+        .calls()
+        .iter()
+        .filter(|c| c.json.as_ref().is_some_and(|j| j["content"] == "I'm here!"))
+        .count();
+    assert_eq!(greeted, 1);
+}
+
+#[tokio::test]
+async fn the_parse_table_through_messages() {
+    let bot = start("announce = false\ncommands = \"off\"", "", 1).await;
+    let a = alice();
+    let rows: Vec<(&str, Vec<String>)> = vec![
+        ("/art a cat", finished("{'prompt': 'a cat', 'cfg': 7.5, 'steps': 50}")),
+        (
+            "/art a cat --cfg 5",
+            finished("{'prompt': 'a cat', 'cfg': 5.0, 'steps': 50}"),
+        ),
+        ("/art a cat --cfg 5 more words", {
+            let mut v = finished("{'prompt': 'a cat', 'cfg': 5.0, 'steps': 50}");
+            v.insert(1, "reply:Skipping unknown args: more words".into());
+            v
+        }),
+        (
+            "/art a \"cat dog\" --steps 10",
+            finished("{'prompt': 'a \"cat dog\"', 'cfg': 7.5, 'steps': 10}"),
+        ),
+        ("/art a cat -h", {
+            let mut v = finished("{'prompt': 'a cat', 'cfg': 7.5, 'steps': 50}");
+            v.insert(1, "reply:Skipping unknown args: -h".into());
+            v
+        }),
+        (
+            "/art a \"cat",
+            vec![
+                "+👍".into(),
+                "reply:Prompt has open quotation with no closing quotation. Please fix and try again.".into(),
+            ],
+        ),
+        (
+            "/art a cat --steps x",
+            vec![
+                "+👍".into(),
+                "reply:Prompt has invalid integer input on integer argument. Please fix and try again.".into(),
+            ],
+        ),
+        (
+            "/art --steps 5",
+            vec!["+👍".into(), "reply:Skipping request with empty prompt.".into()],
+        ),
+        (
+            "/art a red fox --st 20",
+            finished("{'prompt': 'a red fox', 'cfg': 7.5, 'steps': 20}"),
+        ),
+    ];
+    for (content, expected) in &rows {
+        let id = bot.fake.message(ART, &a, content).await;
+        let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+        bot.expect(ART, id, &expected).await;
+    }
+    // --help: the help text, then the done emoji.
+    let id = bot.fake.message(ART, &a, "/art a cat --help").await;
+    let calls = bot
+        .fake
+        .wait_for_calls(3, |c| about(c, ART, id).is_some(), TIMEOUT)
+        .await;
+    let seen: Vec<String> = calls.iter().filter_map(|c| about(c, ART, id)).collect();
+    assert_eq!(seen[0], "+👍");
+    assert!(
+        seen[1].starts_with("reply:usage: StableDiscord [--cfg CFG] [--steps STEPS] [prompt ...]"),
+        "{seen:?}"
+    );
+    assert_eq!(seen[2], "+💯");
+    // Not addressed to the bot: nothing at all.
+    let ignored = bot.fake.message(ART, &a, "/ART a cat").await;
+    let other = bot.fake.message(ART, &a, "hello /art").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    bot.untouched(ART, ignored);
+    bot.untouched(ART, other);
+    // No job was queued for the errors: as many PNGs as finished requests.
+    let pictures = bot
+        .fake
+        .calls()
+        .iter()
+        .filter(|c| !c.files.is_empty())
+        .count();
+    assert_eq!(pictures, 6);
+}
+
+#[tokio::test]
+async fn lists_the_bot_itself_threads_new_channels_and_dms() {
+    let bot = start(
+        "announce = false\ncommands = \"off\"",
+        "[discord.settings]\nlisten_users = [\"alice#0\"]\nignore_channels = [\"Studio:off-topic\"]\n",
+        1,
+    )
+    .await;
+    let a = alice();
+    let by_bob = bot.fake.message(ART, &bob(), "/art a cat").await;
+    let by_bot = bot.fake.message(ART, &bot.fake.bot, "/art a cat").await;
+    let off_topic = bot.fake.message(OFF_TOPIC, &a, "/art a cat").await;
+    let dm = bot.fake.message(DM, &a, "/art a cat").await;
+    // A thread of #art follows #art; a channel created after start works.
+    let in_thread = bot.fake.message(THREAD, &a, "/art x --steps -").await;
+    bot.expect(
+        THREAD,
+        in_thread,
+        &[
+            "+👍",
+            "reply:Prompt has invalid integer input on integer argument. Please fix and try again.",
+        ],
+    )
+    .await;
+    bot.fake
+        .create_channel(GUILD, Channel::text(13, "new-art"))
+        .await;
+    let fresh = bot.fake.message(13, &a, "/art --steps 3").await;
+    bot.expect(
+        13,
+        fresh,
+        &["+👍", "reply:Skipping request with empty prompt."],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    bot.untouched(ART, by_bob);
+    bot.untouched(ART, by_bot);
+    bot.untouched(OFF_TOPIC, off_topic);
+    bot.untouched(DM, dm);
+}
+
+#[tokio::test]
+async fn direct_messages_when_allowed() {
+    let bot = start(
+        "announce = false\ncommands = \"off\"\nallow_dms = true",
+        "",
+        1,
+    )
+    .await;
+    let dm = bot.fake.message(DM, &alice(), "/art --steps 3").await;
+    bot.expect(
+        DM,
+        dm,
+        &["+👍", "reply:Skipping request with empty prompt."],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_job_that_fails() {
+    // No simulated backend: one slow easel worker whose job misses its deadline, and one
+    // fault fails the job.
+    let bot = start_with(
+        "announce = false\ncommands = \"off\"",
+        "",
+        0,
+        "deadline_min_s = 0.5\ndeadline_scale = 0.001\nmax_faults = 1",
+    )
+    .await;
+    let mut worker = std::process::Command::new(common::easel_bin())
+        .args(["worker", "--host-ip", "127.0.0.1", "--host-port"])
+        .arg(bot.server.pool_port.to_string())
+        .args(["--step-ms", "100000"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let id = bot.fake.message(ART, &alice(), "/art a slow fox").await;
+    let calls = bot
+        .fake
+        .wait_for_calls(5, |c| about(c, ART, id).is_some(), TIMEOUT)
+        .await;
+    let _ = worker.kill();
+    let _ = worker.wait();
+    let seen: Vec<String> = calls.iter().filter_map(|c| about(c, ART, id)).collect();
+    assert_eq!(seen[..4], ["+👍", "+⏱️", "-⏱️", "+❌"], "{seen:?}");
+    assert!(
+        seen[4].starts_with("reply:Sorry, this request failed: ") && seen[4].len() > 40,
+        "{seen:?}"
+    );
+}
+
+/// The interaction calls of `token`, as (method, path suffix after the token, json).
+fn interaction_calls(fake: &FakeDiscord, id: u64, token: &str) -> Vec<(String, Value)> {
+    let callback = format!("/api/v10/interactions/{id}/{token}/callback");
+    let webhook = format!("/api/v10/webhooks/{APP}/{token}");
+    fake.calls()
+        .iter()
+        .filter_map(|c| {
+            let what = if c.path == callback {
+                "callback".to_owned()
+            } else {
+                let rest = c.path.strip_prefix(&webhook)?;
+                format!("{} webhook{rest}", c.method)
+            };
+            let mut json = c.json.clone().unwrap_or(Value::Null);
+            if !c.files.is_empty() {
+                json["files"] = json!(c.files.iter().map(|f| f.0.clone()).collect::<Vec<_>>());
+            }
+            Some((what, json))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_slash_command_end_to_end() {
+    let bot = start("announce = false\ncommands = \"guild\"", "", 1).await;
+    // Registered in the guild.
+    bot.fake
+        .wait_for_calls(
+            1,
+            |c| {
+                c.is(
+                    "PUT",
+                    &format!("/api/v10/applications/{APP}/guilds/{GUILD}/commands"),
+                )
+            },
+            TIMEOUT,
+        )
+        .await;
+    let (id, token) = bot
+        .fake
+        .slash_command(
+            Some(GUILD),
+            ART,
+            &alice(),
+            "art",
+            json!([
+                {"name": "prompt", "type": 3, "value": "a red fox"},
+                {"name": "steps", "type": 4, "value": 20},
+            ]),
+        )
+        .await;
+    let webhook = format!("/api/v10/webhooks/{APP}/{token}");
+    bot.fake
+        .wait_for_calls(
+            1,
+            |c| c.is("POST", &webhook) && !c.files.is_empty(),
+            TIMEOUT,
+        )
+        .await;
+    let calls = interaction_calls(&bot.fake, id, &token);
+    assert_eq!(calls[0].0, "callback");
+    assert_eq!(calls[0].1["type"], 5, "deferred first");
+    assert_eq!(calls[1].0, "PATCH webhook/messages/@original");
+    let queued = calls[1].1["content"].as_str().unwrap();
+    assert!(
+        queued.starts_with("Queued `") && queued.ends_with("`: a red fox"),
+        "{queued}"
+    );
+    let job = &queued[8..16];
+    assert_eq!(calls[2].0, "POST webhook");
+    assert_eq!(
+        calls[2].1["content"],
+        "Parsed args: {'prompt': 'a red fox', 'cfg': 7.5, 'steps': 20} processed by hostname: simulated-0"
+    );
+    assert_eq!(calls[2].1["files"], json!([format!("{job}.png")]));
+    let buttons: Vec<&str> = calls[2].1["components"][0]["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["custom_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        buttons,
+        [
+            format!("easel:reroll:{job}").as_str(),
+            format!("easel:delete:{job}").as_str()
+        ]
+    );
+    let result_id: u64 = bot
+        .fake
+        .calls()
+        .iter()
+        .find(|c| c.is("POST", &webhook))
+        .and_then(|c| c.response.as_ref()?["id"].as_str()?.parse().ok())
+        .unwrap();
+
+    // Re-roll: the same request with a new seed, answered on the result message.
+    let (reroll, reroll_token) = bot
+        .fake
+        .component(
+            Some(GUILD),
+            ART,
+            &alice(),
+            &format!("easel:reroll:{job}"),
+            result_id,
+        )
+        .await;
+    let again = bot
+        .fake
+        .wait_for_calls(
+            1,
+            |c| about(c, ART, result_id).is_some_and(|a| a.ends_with("[file]")),
+            TIMEOUT,
+        )
+        .await;
+    let text = about(&again[0], ART, result_id).unwrap();
+    assert!(
+        text.starts_with(
+            "reply:Parsed args: {'prompt': 'a red fox', 'cfg': 7.5, 'steps': 20, 'seed': "
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        interaction_calls(&bot.fake, reroll, &reroll_token)[0].1["type"],
+        6
+    );
+
+    // Delete: not by someone else; by the requester.
+    let (refused, refused_token) = bot
+        .fake
+        .component(
+            Some(GUILD),
+            ART,
+            &bob(),
+            &format!("easel:delete:{job}"),
+            result_id,
+        )
+        .await;
+    let callback = format!("/api/v10/interactions/{refused}/{refused_token}/callback");
+    let answer = bot
+        .fake
+        .wait_for_calls(1, |c| c.path == callback, TIMEOUT)
+        .await;
+    let answer = answer[0].json.as_ref().unwrap();
+    assert_eq!(
+        (answer["type"].clone(), answer["data"]["flags"].clone()),
+        (json!(4), json!(64))
+    );
+    bot.fake
+        .component(
+            Some(GUILD),
+            ART,
+            &alice(),
+            &format!("easel:delete:{job}"),
+            result_id,
+        )
+        .await;
+    bot.fake
+        .wait_for_calls(
+            1,
+            |c| {
+                c.is(
+                    "DELETE",
+                    &format!("/api/v10/channels/{ART}/messages/{result_id}"),
+                )
+            },
+            TIMEOUT,
+        )
+        .await;
+
+    // Model autocomplete from the catalog.
+    let store = easel::store::Store::connect(&format!(
+        "sqlite://{}",
+        bot.server.dir.join("easel.db").display()
+    ))
+    .await
+    .unwrap();
+    store
+        .add_model("sdxl_base", Some("SDXL"), false)
+        .await
+        .unwrap();
+    store.add_model("flux_dev", None, false).await.unwrap();
+    let (auto, auto_token) = bot
+        .fake
+        .autocomplete(
+            Some(GUILD),
+            ART,
+            &alice(),
+            "art",
+            json!([
+                {"name": "prompt", "type": 3, "value": "x"},
+                {"name": "model", "type": 3, "value": "sd", "focused": true},
+            ]),
+        )
+        .await;
+    let callback = format!("/api/v10/interactions/{auto}/{auto_token}/callback");
+    let answer = bot
+        .fake
+        .wait_for_calls(1, |c| c.path == callback, TIMEOUT)
+        .await;
+    let answer = answer[0].json.as_ref().unwrap();
+    assert_eq!(answer["type"], 8);
+    assert_eq!(
+        answer["data"]["choices"],
+        json!([{"name": "SDXL", "value": "sdxl_base"}])
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn resume_after_a_dropped_connection_and_a_429() {
+    let bot = start("announce = false\ncommands = \"off\"", "", 1).await;
+    bot.fake.drop_connection(4000).await;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while bot.fake.resumes() < 1 {
+        assert!(std::time::Instant::now() < deadline, "no RESUME");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(bot.fake.identifies(), 1, "resumed, not identified again");
+    let id = bot.fake.message(ART, &alice(), "/art --steps 3").await;
+    bot.expect(
+        ART,
+        id,
+        &["+👍", "reply:Skipping request with empty prompt."],
+    )
+    .await;
+
+    // One 429 on the next reaction: twilight waits retry_after and the call goes through.
+    bot.fake
+        .rate_limit_next("PUT", &format!("/api/v10/channels/{ART}/messages"), 1.0);
+    let started = std::time::Instant::now();
+    let id = bot.fake.message(ART, &alice(), "/art --steps 4").await;
+    bot.expect(
+        ART,
+        id,
+        &["+👍", "reply:Skipping request with empty prompt."],
+    )
+    .await;
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let statuses: Vec<u16> = bot
+        .fake
+        .calls()
+        .iter()
+        .filter(|c| {
+            c.method == "PUT"
+                && c.path
+                    .starts_with(&format!("/api/v10/channels/{ART}/messages/{id}/"))
+        })
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(statuses, [429, 204]);
+}
