@@ -447,16 +447,9 @@ pub fn plugins(dir: &std::path::Path, calls: usize) -> Result<(), BenchError> {
         max_pixels: 3_686_400,
     };
     let request = crate::plugins::JobRequest {
-        prompt: "a red fox".into(),
-        negative_prompt: String::new(),
         cfg: 6.0,
         steps: 20,
-        width: 0,
-        height: 0,
-        seed: -1,
-        model: String::new(),
-        sampler: String::new(),
-        extra: Vec::new(),
+        ..crate::plugins::example_request()
     };
     let measure = |f: &dyn Fn() -> Result<(), BenchError>| -> Result<Vec<Duration>, BenchError> {
         for _ in 0..calls.min(500) {

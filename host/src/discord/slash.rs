@@ -122,18 +122,7 @@ fn command() -> Command {
 
 /// The request `/art` options describe (the parser's defaults for what is left out).
 fn request_of(options: &[CommandDataOption]) -> JobRequest {
-    let mut request = JobRequest {
-        prompt: String::new(),
-        negative_prompt: String::new(),
-        cfg: 7.5,
-        steps: 50,
-        width: 0,
-        height: 0,
-        seed: -1,
-        model: String::new(),
-        sampler: String::new(),
-        extra: Vec::new(),
-    };
+    let mut request = JobRequest::with_prompt("");
     for option in options {
         let whole = |v: &CommandOptionValue| match v {
             CommandOptionValue::Integer(i) => Some(*i),
@@ -339,14 +328,7 @@ impl Bot {
             .await;
             return;
         };
-        self.respond(
-            interaction,
-            InteractionResponse {
-                kind: InteractionResponseType::DeferredUpdateMessage,
-                data: None,
-            },
-        )
-        .await;
+        self.respond(interaction, defer_update()).await;
         let caller = self.caller(channel, interaction.guild_id, user).await;
         let plugins = self.plugins.clone();
         let asked = caller.clone();
@@ -400,14 +382,7 @@ impl Bot {
             .await;
             return;
         };
-        self.respond(
-            interaction,
-            InteractionResponse {
-                kind: InteractionResponseType::DeferredUpdateMessage,
-                data: None,
-            },
-        )
-        .await;
+        self.respond(interaction, defer_update()).await;
         if let Err(err) = self
             .http
             .delete_message(message.channel_id, message.id)
@@ -415,6 +390,14 @@ impl Bot {
         {
             tracing::warn!(error = %err, "cannot delete a result message");
         }
+    }
+}
+
+/// "Working on it", without changing the message the button is on.
+fn defer_update() -> InteractionResponse {
+    InteractionResponse {
+        kind: InteractionResponseType::DeferredUpdateMessage,
+        data: None,
     }
 }
 

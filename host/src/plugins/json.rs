@@ -43,18 +43,7 @@ pub fn example_caller() -> Caller {
 
 /// The request the default parser makes of `/art a red fox`.
 pub fn example_request() -> JobRequest {
-    JobRequest {
-        prompt: "a red fox".into(),
-        negative_prompt: String::new(),
-        cfg: 7.5,
-        steps: 50,
-        width: 0,
-        height: 0,
-        seed: -1,
-        model: String::new(),
-        sampler: String::new(),
-        extra: Vec::new(),
-    }
+    JobRequest::with_prompt("a red fox")
 }
 
 /// Calls `function` of `plugin` with JSON arguments; the result as JSON.

@@ -55,6 +55,23 @@ pub use v0_1::exports::easel::plugin::reactions::Action;
 use v0_1::exports::easel::plugin::{access, model_policy, parser, reactions};
 
 impl JobRequest {
+    /// The request the seed's parser makes of `prompt` alone: cfg 7.5, 50 steps, a random
+    /// seed, the backend's default size, model and sampler.
+    pub fn with_prompt(prompt: &str) -> Self {
+        Self {
+            prompt: prompt.to_owned(),
+            negative_prompt: String::new(),
+            cfg: 7.5,
+            steps: 50,
+            width: 0,
+            height: 0,
+            seed: -1,
+            model: String::new(),
+            sampler: String::new(),
+            extra: Vec::new(),
+        }
+    }
+
     /// The plugin view of a queued txt2img request.
     pub fn from_txt2img(job: &crate::jobs::Txt2Img) -> Self {
         Self {
