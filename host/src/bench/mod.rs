@@ -636,5 +636,31 @@ pub fn plugins(dir: &std::path::Path, calls: usize) -> Result<(), BenchError> {
         },
         Duration::from_millis(20)
     );
+
+    // The deadline: an endless loop in a plugin, stopped by epoch interruption.
+    let deadline = Limits::default().deadline;
+    let mut stops = Vec::new();
+    for _ in 0..10 {
+        let started = Instant::now();
+        if trivial
+            .parse(&config(Role::Parser), "loop", &caller)
+            .is_ok()
+        {
+            return Err(other("the endless loop answered".into()));
+        }
+        stops.push(started.elapsed());
+    }
+    stops.sort();
+    println!(
+        "{:<58} p50 {:>9.2?}  max {:>9.2?}  (deadline {deadline:?}; target: within deadline + 20 ms: {})",
+        "endless loop stopped after",
+        p50(&stops),
+        stops.last().copied().unwrap_or_default(),
+        if stops.last().copied().unwrap_or_default() <= deadline + Duration::from_millis(20) {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
     Ok(())
 }
