@@ -258,6 +258,37 @@ async fn the_parse_table_through_messages() {
             "/art a red fox --st 20",
             finished("{'prompt': 'a red fox', 'cfg': 7.5, 'steps': 20}"),
         ),
+        ("/art a cat --foo bar", {
+            let mut v = finished("{'prompt': 'a cat', 'cfg': 7.5, 'steps': 50}");
+            v.insert(1, "reply:Skipping unknown args: --foo bar".into());
+            v
+        }),
+        (
+            "/art a cat --steps 2.5",
+            vec![
+                "+👍".into(),
+                "reply:Prompt has invalid integer input on integer argument. Please fix and try again.".into(),
+            ],
+        ),
+        (
+            "/art a cat --cfg",
+            vec![
+                "+👍".into(),
+                "reply:Prompt has invalid integer input on integer argument. Please fix and try again.".into(),
+            ],
+        ),
+        (
+            "/art --steps 20 a cat",
+            finished("{'prompt': 'a cat', 'cfg': 7.5, 'steps': 20}"),
+        ),
+        (
+            "/art a cat --c=3",
+            finished("{'prompt': 'a cat', 'cfg': 3.0, 'steps': 50}"),
+        ),
+        (
+            "/art a cat --cfg -1",
+            finished("{'prompt': 'a cat', 'cfg': -1.0, 'steps': 50}"),
+        ),
     ];
     for (content, expected) in &rows {
         let id = bot.fake.message(ART, &a, content).await;
@@ -290,7 +321,13 @@ async fn the_parse_table_through_messages() {
         .iter()
         .filter(|c| !c.files.is_empty())
         .count();
-    assert_eq!(pictures, 6);
+    assert_eq!(pictures, 10);
+    // Each is a real PNG of the default size, named after its job.
+    for call in bot.fake.calls().iter().filter(|c| !c.files.is_empty()) {
+        let (name, bytes) = &call.files[0];
+        assert!(name.ends_with(".png") && name.len() == 12, "{name}");
+        assert_eq!(common::png_size(bytes), (512, 512));
+    }
 }
 
 #[tokio::test]

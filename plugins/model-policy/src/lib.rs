@@ -1,8 +1,9 @@
 //! easel's default model policy: which model and limits a request gets.
 //!
 //! In order:
-//! - no steps (0) → `default_steps` (50); a cfg that is not a positive finite number →
-//!   `default_cfg` (7.5); more steps than `max_steps` (150) → `max_steps` (capped, not refused);
+//! - no steps (0) → `default_steps` (50); no cfg (0, or not a finite number) → `default_cfg`
+//!   (7.5; a negative cfg is the user's choice, as the seed passed it on); more steps than
+//!   `max_steps` (150) → `max_steps` (capped, not refused);
 //! - no model ("") → `default_model` ("": the backend's own);
 //! - width × height above the operator's `max-pixels` (both given) → refused with BitForged
 //!   Navigator's message;
@@ -44,7 +45,7 @@ impl Guest for ModelPolicy {
         if request.steps == 0 {
             request.steps = steps(&settings, "default_steps", 50);
         }
-        if !(request.cfg.is_finite() && request.cfg > 0.0) {
+        if !request.cfg.is_finite() || request.cfg == 0.0 {
             request.cfg = settings.f64("default_cfg", 7.5);
         }
         request.steps = request.steps.min(steps(&settings, "max_steps", 150));
