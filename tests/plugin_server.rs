@@ -75,6 +75,7 @@ async fn api_requests_go_through_access_and_model_policy() {
         (job["steps"].clone(), job["model_name"].clone()),
         (json!(30), json!("sdxl_base"))
     );
+    assert_eq!(job["hrf_steps"], 30, "the cap holds for the hires pass");
 
     // Role 1 is below http_min_role = 2: refused, the reason stays in the log.
     let (status, body) = post(&server, &user, json!({"model_name": "m", "prompt": "p"})).await;

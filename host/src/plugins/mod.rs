@@ -96,6 +96,8 @@ impl JobRequest {
         }
         job.cfg_scale = self.cfg;
         job.steps = self.steps;
+        // A policy's step cap holds for the hires pass too.
+        job.hrf_steps = job.hrf_steps.map(|h| h.min(self.steps));
         job.width = self.width;
         job.height = self.height;
         job.seed = self.seed;
