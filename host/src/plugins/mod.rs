@@ -674,3 +674,38 @@ impl Plugin {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exports(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_wit_version_comes_from_the_exports() {
+        assert_eq!(
+            check_exports(&exports(&[
+                "wasi:cli/run@0.2.0",
+                "easel:plugin/access@0.1.0"
+            ])),
+            Ok(WitVersion::V0_1)
+        );
+        let newer = check_exports(&exports(&["easel:plugin/parser@0.2.0"])).unwrap_err();
+        assert!(
+            newer.starts_with(
+                "it exports easel:plugin/parser@0.2.0, a version this easel does not serve; \
+                 supported: easel:plugin/access@0.1.0"
+            ),
+            "{newer}"
+        );
+        let foreign = check_exports(&exports(&["wasi:http/incoming-handler@0.2.0"])).unwrap_err();
+        assert!(
+            foreign.starts_with(
+                "it exports wasi:http/incoming-handler@0.2.0, none of easel's interfaces"
+            ),
+            "{foreign}"
+        );
+    }
+}
