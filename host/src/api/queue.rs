@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 
 use super::{ApiError, AppState, User, origin};
 use crate::jobs::{JobError, Txt2Img};
-use crate::plugins::{Caller, Decision, FrontEnd, JobRequest, Model, PolicyLimits, Verdict};
+use crate::plugins::{Caller, Decision, FrontEnd, JobRequest, PolicyLimits, Verdict};
 
 /// The job object Navigator answers with (and later sends in socket events).
 #[derive(Debug, Serialize)]
@@ -318,19 +318,9 @@ async fn apply_policy(
     user: &User,
     mut request: Txt2Img,
 ) -> Result<Txt2Img, ApiError> {
-    let catalog: Vec<Model> = state
-        .jobs
-        .store()
-        .models()
+    let catalog = crate::plugins::catalog(state.jobs.store())
         .await
-        .map_err(ApiError::internal)?
-        .into_iter()
-        .map(|(name, friendly_name, restricted)| Model {
-            name,
-            friendly_name,
-            restricted,
-        })
-        .collect();
+        .map_err(ApiError::internal)?;
     let caller = Caller {
         front_end: FrontEnd::Http,
         user_id: user.discord_id.clone(),

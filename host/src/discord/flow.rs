@@ -20,7 +20,7 @@ use twilight_model::user::User;
 use super::Bot;
 use crate::jobs::{JobEvent, Txt2Img};
 use crate::plugins::{
-    Action, Caller, Decision, FrontEnd, JobRequest, Model, Outcome, PolicyLimits, Stage, Verdict,
+    Action, Caller, Decision, FrontEnd, JobRequest, Outcome, PolicyLimits, Stage, Verdict,
 };
 
 /// Discord's longest message.
@@ -181,7 +181,8 @@ impl Bot {
         &self,
         channel: Id<ChannelMarker>,
         guild: Option<Id<GuildMarker>>,
-        author: &User,
+        author: Id<UserMarker>,
+        tag: String,
     ) -> Caller {
         let mut place = self.places.channel(channel);
         if place.is_none() && guild.is_some() {
@@ -206,7 +207,7 @@ impl Bot {
         {
             name = parent.name;
         }
-        let role = match self.jobs.store().user_role(&author.id.to_string()).await {
+        let role = match self.jobs.store().user_role(&author.to_string()).await {
             Ok(Some(role)) => role,
             Ok(None) => 1,
             Err(err) => {
@@ -216,8 +217,8 @@ impl Bot {
         };
         Caller {
             front_end: FrontEnd::Discord,
-            user_id: author.id.to_string(),
-            user_tag: user_tag(author),
+            user_id: author.to_string(),
+            user_tag: tag,
             role: u8::try_from(role.clamp(0, 255)).unwrap_or(u8::MAX),
             guild: guild
                 .and_then(|g| self.places.guild_name(g))
@@ -225,7 +226,7 @@ impl Bot {
             channel: name,
             channel_id: channel.to_string(),
             is_dm: guild.is_none(),
-            is_self: self.me.get().is_some_and(|me| me.user == author.id),
+            is_self: self.me.get().is_some_and(|me| me.user == author),
         }
     }
 
@@ -233,7 +234,12 @@ impl Bot {
     /// job; the reactions plugin shows each step.
     pub(super) async fn on_message(self: Arc<Self>, message: Message) {
         let caller = self
-            .caller(message.channel_id, message.guild_id, &message.author)
+            .caller(
+                message.channel_id,
+                message.guild_id,
+                message.author.id,
+                user_tag(&message.author),
+            )
             .await;
         let target = Target::Message {
             channel: message.channel_id,
@@ -295,15 +301,8 @@ impl Bot {
         warnings: Vec<String>,
         target: Target,
     ) -> Option<String> {
-        let catalog: Vec<Model> = match self.jobs.store().models().await {
-            Ok(models) => models
-                .into_iter()
-                .map(|(name, friendly_name, restricted)| Model {
-                    name,
-                    friendly_name,
-                    restricted,
-                })
-                .collect(),
+        let catalog = match crate::plugins::catalog(self.jobs.store()).await {
+            Ok(catalog) => catalog,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot read the model catalog; deciding without it");
                 Vec::new()
@@ -666,48 +665,20 @@ impl Bot {
         let Target::Message { channel, .. } = &target else {
             return;
         };
-        let author = User {
-            id: match row.owner_id.parse().ok().and_then(Id::new_checked) {
-                Some(id) => id,
-                None => return,
-            },
-            name: String::new(),
-            discriminator: 0,
-            ..fake_user()
+        let Some(author) = row.owner_id.parse().ok().and_then(Id::new_checked) else {
+            return;
         };
         let place_guild = self.places.channel(*channel).and_then(|p| p.guild_id);
-        let caller = self.caller(*channel, place_guild, &author).await;
+        // The user's name is not stored with the job: the tag stays empty.
+        let caller = self
+            .caller(*channel, place_guild, author, String::new())
+            .await;
         let followed = Followed {
             caller,
             request: JobRequest::from_txt2img(&job),
             target,
         };
         self.show(&job_id, &followed, event, &mut None).await;
-    }
-}
-
-/// A user with every field empty (filled in by the caller).
-fn fake_user() -> User {
-    User {
-        accent_color: None,
-        avatar: None,
-        avatar_decoration: None,
-        avatar_decoration_data: None,
-        banner: None,
-        bot: false,
-        discriminator: 0,
-        email: None,
-        flags: None,
-        global_name: None,
-        id: Id::new(1),
-        locale: None,
-        mfa_enabled: None,
-        name: String::new(),
-        premium_type: None,
-        primary_guild: None,
-        public_flags: None,
-        system: None,
-        verified: None,
     }
 }
 

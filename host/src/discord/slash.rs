@@ -22,7 +22,7 @@ use twilight_model::id::Id;
 use twilight_model::id::marker::GuildMarker;
 
 use super::Bot;
-use super::flow::{DELETE, REROLL, Target, blocking};
+use super::flow::{DELETE, REROLL, Target, blocking, user_tag};
 use crate::jobs::Txt2Img;
 use crate::plugins::{Decision, JobRequest};
 
@@ -262,7 +262,9 @@ impl Bot {
                     },
                 )
                 .await;
-                let caller = self.caller(channel, interaction.guild_id, &user).await;
+                let caller = self
+                    .caller(channel, interaction.guild_id, user.id, user_tag(&user))
+                    .await;
                 let plugins = self.plugins.clone();
                 let asked = caller.clone();
                 let client = self.http.interaction(interaction.application_id);
@@ -329,7 +331,9 @@ impl Bot {
             return;
         };
         self.respond(interaction, defer_update()).await;
-        let caller = self.caller(channel, interaction.guild_id, user).await;
+        let caller = self
+            .caller(channel, interaction.guild_id, user.id, user_tag(user))
+            .await;
         let plugins = self.plugins.clone();
         let asked = caller.clone();
         if blocking(move || plugins.check(&asked)).await != Decision::Allow {

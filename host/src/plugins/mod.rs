@@ -106,6 +106,20 @@ impl JobRequest {
     }
 }
 
+/// The store's model catalog, as the model-policy plugin receives it.
+pub async fn catalog(store: &crate::store::Store) -> Result<Vec<Model>, crate::store::StoreError> {
+    Ok(store
+        .models()
+        .await?
+        .into_iter()
+        .map(|(name, friendly_name, restricted)| Model {
+            name,
+            friendly_name,
+            restricted,
+        })
+        .collect())
+}
+
 /// WIT package versions this build serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WitVersion {
