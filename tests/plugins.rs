@@ -574,6 +574,62 @@ mod hot_reload {
         assert_eq!(status.status, "ok");
     }
 
+    /// Loading a file opens and reads it; that must not count as a change, or every reload
+    /// would set off the next one. One write in place, then one rename into place: one reload
+    /// each, and none after.
+    #[test]
+    fn one_change_is_one_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("p.wasm");
+        std::fs::copy(PARSER, &target).unwrap();
+        let runtime = Runtime::new(Limits::default()).unwrap();
+        let registry = Registry::open(runtime, dir.path(), PluginSettings::default());
+        let _watcher = registry.watch().unwrap();
+        let reloads = || {
+            registry
+                .list()
+                .into_iter()
+                .find(|s| s.name == "p")
+                .map(|s| s.reloads)
+                .unwrap()
+        };
+
+        std::fs::write(&target, std::fs::read(HOSTILE).unwrap()).unwrap();
+        wait_for("the write to be loaded", || reloads() == 1);
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(reloads(), 1, "reloads after one write in place");
+
+        let tmp = dir.path().join(".p.tmp");
+        std::fs::copy(PARSER, &tmp).unwrap();
+        std::fs::rename(&tmp, &target).unwrap();
+        wait_for("the rename to be loaded", || reloads() == 2);
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(reloads(), 2, "reloads after one rename into place");
+
+        // The same holds for any watched file whose handler reads it (config.toml).
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, "").unwrap();
+        let counter = seen.clone();
+        let file = config.clone();
+        let _config_watcher = easel::plugins::watch_files(
+            dir.path(),
+            |p| p.file_name().is_some_and(|n| n == "config.toml"),
+            move |_| {
+                std::fs::read_to_string(&file).unwrap();
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                true
+            },
+        )
+        .unwrap();
+        std::fs::write(&config, "[plugins]\n").unwrap();
+        wait_for("the config change", || {
+            seen.load(std::sync::atomic::Ordering::SeqCst) == 1
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
     #[test]
     fn a_deleted_file_keeps_its_last_version_serving() {
         let dir = tempfile::tempdir().unwrap();

@@ -2,8 +2,9 @@
 //! replaced while the server runs; and the role calls that front ends make, with the
 //! operator's failure policy applied.
 //!
-//! A `notify` watcher reports writes, renames into place and deletions; after a short quiet
-//! period (so a file being written is read once, whole) the file is compiled on a blocking
+//! A `notify` watcher reports writes, renames into place and deletions; once the file has
+//! settled (its writer closed it, or it was renamed or deleted; otherwise after a short quiet
+//! period, so a file being written is read once, whole) the file is compiled on a blocking
 //! thread, off every request path, and swapped in atomically (`arc-swap`). Calls in flight keep
 //! the version they started with. A file that fails to load never replaces a working plugin:
 //! the error is logged and kept for `list`. A deleted file keeps its last good version serving,
@@ -24,8 +25,11 @@ use super::{
     PluginError, PluginSettings, PolicyLimits, Role, Runtime, Stage, Verdict,
 };
 
-/// How long a file must be quiet before it is (re)loaded.
+/// How long a file that may still be being written must be quiet before it is (re)loaded.
 const QUIET: Duration = Duration::from_millis(20);
+/// How long a file waits once its writer closed it, it was renamed or deleted: a moment, so
+/// the events of one rename or one `cp` are handled together.
+const SETTLED: Duration = Duration::from_millis(2);
 
 /// What the parser answers when it failed and the policy is to fail closed.
 pub const PARSER_UNAVAILABLE: &str =
@@ -417,21 +421,43 @@ impl Registry {
     }
 }
 
+/// How long a changed file waits before it is handed over, judged by what happened to it:
+/// `None` for events that change nothing (the file was opened or read — as loading it does),
+/// [`SETTLED`] once a writer closed it, it was renamed or deleted, and [`QUIET`] while it may
+/// still be being written.
+fn settle_time(kind: &notify::EventKind) -> Option<Duration> {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+        | EventKind::Modify(ModifyKind::Name(_))
+        | EventKind::Remove(_) => Some(SETTLED),
+        EventKind::Create(_)
+        | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any | ModifyKind::Other)
+        | EventKind::Any
+        | EventKind::Other => Some(QUIET),
+        EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_)) => None,
+    }
+}
+
 /// Watches `dir` (not recursively) and calls `on_change` with each file that `wanted` accepts
-/// once it has been quiet for [`QUIET`], on a thread of its own, until the watcher is dropped
-/// or `on_change` returns false.
+/// once it has settled (see [`settle_time`]), on a thread of its own, until the watcher is
+/// dropped or `on_change` returns false. Reading a file does not count as a change, so
+/// `on_change` may read it.
 pub fn watch_files(
     dir: &Path,
     wanted: impl Fn(&Path) -> bool + Send + 'static,
     mut on_change: impl FnMut(&Path) -> bool + Send + 'static,
 ) -> notify::Result<notify::RecommendedWatcher> {
-    let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
+    let (tx, rx) = std::sync::mpsc::channel::<(PathBuf, Duration)>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            for path in event.paths {
-                if wanted(&path) {
-                    let _ = tx.send(path);
-                }
+        let Ok(event) = event else { return };
+        let Some(settle) = settle_time(&event.kind) else {
+            return;
+        };
+        for path in event.paths {
+            if wanted(&path) {
+                let _ = tx.send((path, settle));
             }
         }
     })?;
@@ -439,25 +465,28 @@ pub fn watch_files(
     std::thread::Builder::new()
         .name("easel-watch".into())
         .spawn(move || {
-            // Collect changed files; hand each over once it has been quiet for QUIET.
+            // Changed files and when each is due; the latest event of a file sets its time.
             let mut pending: HashMap<PathBuf, Instant> = HashMap::new();
             loop {
-                let wait = if pending.is_empty() {
-                    Duration::from_secs(3600)
-                } else {
-                    QUIET
-                };
+                let now = Instant::now();
+                let wait = pending
+                    .values()
+                    .min()
+                    .map_or(Duration::from_secs(3600), |due| {
+                        due.saturating_duration_since(now)
+                    });
                 match rx.recv_timeout(wait) {
-                    Ok(path) => {
-                        pending.insert(path, Instant::now());
+                    Ok((path, settle)) => {
+                        pending.insert(path, Instant::now() + settle);
                         continue;
                     }
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                     Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
                 }
+                let now = Instant::now();
                 let ready: Vec<PathBuf> = pending
                     .iter()
-                    .filter(|(_, at)| at.elapsed() >= QUIET)
+                    .filter(|(_, due)| **due <= now)
                     .map(|(p, _)| p.clone())
                     .collect();
                 for path in ready {
