@@ -454,6 +454,23 @@ mod hot_reload {
         }
     }
 
+    /// The parser as `p.wasm` in a directory of its own, served by a registry that watches it
+    /// (until the last value is dropped).
+    fn watched_parser() -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        Arc<Registry>,
+        impl Sized,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("p.wasm");
+        std::fs::copy(PARSER, &target).unwrap();
+        let runtime = Runtime::new(Limits::default()).unwrap();
+        let registry = Registry::open(runtime, dir.path(), PluginSettings::default());
+        let watcher = registry.watch().unwrap();
+        (dir, target, registry, watcher)
+    }
+
     #[test]
     fn list_shows_good_and_bad_files() {
         let dir = tempfile::tempdir().unwrap();
@@ -579,12 +596,7 @@ mod hot_reload {
     /// each, and none after.
     #[test]
     fn one_change_is_one_reload() {
-        let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("p.wasm");
-        std::fs::copy(PARSER, &target).unwrap();
-        let runtime = Runtime::new(Limits::default()).unwrap();
-        let registry = Registry::open(runtime, dir.path(), PluginSettings::default());
-        let _watcher = registry.watch().unwrap();
+        let (dir, target, registry, _watcher) = watched_parser();
         let reloads = || {
             registry
                 .list()
@@ -632,12 +644,7 @@ mod hot_reload {
 
     #[test]
     fn a_deleted_file_keeps_its_last_version_serving() {
-        let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("p.wasm");
-        std::fs::copy(PARSER, &target).unwrap();
-        let runtime = Runtime::new(Limits::default()).unwrap();
-        let registry = Registry::open(runtime, dir.path(), PluginSettings::default());
-        let _watcher = registry.watch().unwrap();
+        let (_dir, target, registry, _watcher) = watched_parser();
         std::fs::remove_file(&target).unwrap();
         wait_for("the deletion to be noticed", || {
             registry
