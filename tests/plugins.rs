@@ -624,22 +624,31 @@ mod hot_reload {
         std::fs::write(&config, "").unwrap();
         let counter = seen.clone();
         let file = config.clone();
-        let _config_watcher = easel::plugins::watch_files(
-            dir.path(),
-            |p| p.file_name().is_some_and(|n| n == "config.toml"),
-            move |_| {
-                std::fs::read_to_string(&file).unwrap();
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                true
-            },
-        )
+        let _config_watcher = easel::plugins::watch_file(&config, move || {
+            std::fs::read_to_string(&file).unwrap();
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            true
+        })
         .unwrap();
+        let changes = || seen.load(std::sync::atomic::Ordering::SeqCst);
         std::fs::write(&config, "[plugins]\n").unwrap();
-        wait_for("the config change", || {
-            seen.load(std::sync::atomic::Ordering::SeqCst) == 1
-        });
+        wait_for("the config change", || changes() == 1);
+        // Writes of other files beside it (a busy SQLite database) wake nothing.
+        for i in 0..20 {
+            std::fs::write(dir.path().join("easel.db-wal"), format!("{i}")).unwrap();
+        }
         std::thread::sleep(Duration::from_millis(500));
-        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(changes(), 1);
+        // Saved by a rename into place, as editors do: one change, and the new file is
+        // watched from then on.
+        let tmp = dir.path().join(".config.toml.swp");
+        std::fs::write(&tmp, "[plugins]\ndeadline_ms = 40\n").unwrap();
+        std::fs::rename(&tmp, &config).unwrap();
+        wait_for("the replaced config", || changes() == 2);
+        std::fs::write(&config, "[plugins]\ndeadline_ms = 30\n").unwrap();
+        wait_for("a write to the new file", || changes() == 3);
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(changes(), 3);
     }
 
     #[test]
@@ -995,7 +1004,7 @@ mod roles {
         // builtin (the default): the embedded parser answers, with the seed settings.
         let (_dir, r) = registry(HOSTILE_PARSER);
         assert_eq!(
-            r.parse("panic", &example_caller()),
+            r.parse_blocking("panic", &example_caller()),
             Outcome::Error("Skipping request with empty prompt.".into())
         );
         let hostile = r.list().into_iter().find(|p| p.name == "hostile").unwrap();
@@ -1005,43 +1014,49 @@ mod roles {
         );
         // A call that works is the plugin's own answer.
         assert_eq!(
-            r.parse("hi", &example_caller()),
+            r.parse_blocking("hi", &example_caller()),
             Outcome::Help("ok: hi".into())
         );
         let closed = format!("{HOSTILE_PARSER}[plugins.hostile]\non_failure = \"fail-closed\"\n");
         let (_dir, r) = registry(&closed);
         assert_eq!(
-            r.parse("panic", &example_caller()),
+            r.parse_blocking("panic", &example_caller()),
             Outcome::Error(PARSER_UNAVAILABLE.into())
         );
         let open = format!("{HOSTILE_PARSER}[plugins.hostile]\non_failure = \"fail-open\"\n");
         let (_dir, r) = registry(&open);
-        assert_eq!(r.parse("panic", &example_caller()), Outcome::Ignore);
+        assert_eq!(
+            r.parse_blocking("panic", &example_caller()),
+            Outcome::Ignore
+        );
     }
 
     #[test]
     fn roles_switch_with_the_settings() {
         let (_dir, r) = registry("");
         assert!(matches!(
-            r.parse("/art a cat", &example_caller()),
+            r.parse_blocking("/art a cat", &example_caller()),
             Outcome::Request(_)
         ));
         // Nothing in the directory serves access: the built-in does (allowing this caller).
-        assert_eq!(r.check(&example_caller()), Decision::Allow);
+        assert_eq!(r.check_blocking(&example_caller()), Decision::Allow);
         r.set_settings(settings("[plugins.roles]\nparser = \"hostile\"\n"));
         assert_eq!(
-            r.parse("/art a cat", &example_caller()),
+            r.parse_blocking("/art a cat", &example_caller()),
             Outcome::Help("ok: /art a cat".into())
         );
         // A plugin named for a role it does not export fails like any call: here, closed.
         r.set_settings(settings(
             "[plugins.roles]\naccess = \"parser\"\n[plugins.parser]\non_failure = \"fail-closed\"\n",
         ));
-        assert!(matches!(r.check(&example_caller()), Decision::Deny(_)));
+        assert!(matches!(
+            r.check_blocking(&example_caller()),
+            Decision::Deny(_)
+        ));
         // "" names the built-in explicitly.
         r.set_settings(settings("[plugins.roles]\nparser = \"\"\n"));
         assert!(matches!(
-            r.parse("/art a cat", &example_caller()),
+            r.parse_blocking("/art a cat", &example_caller()),
             Outcome::Request(_)
         ));
         let roles = r.roles();

@@ -1,5 +1,5 @@
-//! The store and job service against real SQLite, MariaDB and PostgreSQL, each test in a
-//! database of its own.
+//! The store, the job service, the intake and the backend contract against real SQLite,
+//! MariaDB and PostgreSQL, each test in a database of its own.
 
 mod common;
 
@@ -7,8 +7,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use common::{Engine, TestDb};
-use easel::jobs::{JobEvent, JobService, Txt2Img};
-use easel::store::{JobStatus, NewImage, NewJob, Store};
+use easel::jobs::{Capabilities, EventKind, JobId, Received, Txt2Img};
+use easel::store::{ClaimFilter, Completion, JobStatus, ModelEntry, NewImage, NewJob, Store};
 
 fn request(prompt: &str) -> Txt2Img {
     Txt2Img {
@@ -18,6 +18,7 @@ fn request(prompt: &str) -> Txt2Img {
         height: 32,
         steps: 3,
         seed: -1,
+        cfg_scale: 7.0,
         ..Txt2Img::default()
     }
 }
@@ -29,6 +30,18 @@ fn image(png: &[u8]) -> NewImage<'_> {
         width: 64,
         height: 32,
         category_id: None,
+    }
+}
+
+fn new_job<'a>(id: &'a str, json: &'a str, model: &'a str, pixels: i64) -> NewJob<'a> {
+    NewJob {
+        id,
+        kind: "txt2img",
+        request: json,
+        owner_id: "o",
+        origin: None,
+        model,
+        pixels,
     }
 }
 
@@ -44,84 +57,188 @@ async fn lifecycle(engine: Engine) {
         .close()
         .await;
 
-    let jobs = JobService::new(store.clone(), "host-a");
-    let mut events = jobs.subscribe();
+    let s = common::services(store.clone(), "host-a");
+    let mut events = s.jobs.subscribe();
+    let mut ids = Vec::new();
     for i in 0..3 {
-        jobs.enqueue(
-            &format!("job{i}"),
-            "owner",
-            Some("127.0.0.1"),
-            &request(&format!("p{i}")),
-        )
-        .await
-        .unwrap();
+        ids.push(s.submit(request(&format!("p{i}"))).await);
     }
-    assert_eq!(jobs.queued().await.unwrap(), 3);
-    // A duplicate id is refused and changes nothing.
-    assert!(
-        jobs.enqueue("job0", "owner", None, &request("dup"))
-            .await
-            .is_err()
-    );
+    assert_eq!(s.jobs.queue_depth(), 3);
+    assert_eq!(store.count_jobs(JobStatus::Queued).await.unwrap(), 3);
+    let row = store.job(ids[0].as_str()).await.unwrap().unwrap();
+    assert_eq!((row.owner_id.as_str(), row.event_seq), ("owner", 1));
+    assert_eq!(row.origin.as_deref(), Some("203.0.113.9"));
+    assert_eq!((row.model.as_str(), row.pixels), ("m", 64 * 32));
 
-    // FIFO claims.
-    let first = jobs.claim("sim").await.unwrap().expect("a job");
-    assert_eq!(first.id(), "job0");
-    assert_eq!(first.attempt, 1);
-    assert_eq!(first.request, request("p0"));
-    let second = jobs.claim("sim").await.unwrap().expect("a job");
-    assert_eq!(second.id(), "job1");
+    // FIFO claims, through the backend contract.
+    let port = s.backends.port("sim");
+    let any = Capabilities::any();
+    let first = port.claim(&any, 1).await.unwrap().pop().expect("a job");
+    assert_eq!(first.id(), &ids[0]);
+    assert_eq!(first.attempt(), 1);
+    assert_eq!(first.request(), &request("p0").with_defaults());
+    let second = port.claim(&any, 1).await.unwrap().pop().expect("a job");
+    assert_eq!(second.id(), &ids[1]);
+    assert_eq!(s.jobs.queue_depth(), 1);
 
-    // Finishing stores the image once; a second finish of the same claim is refused.
+    // Finishing stores the image once.
     assert!(
-        jobs.finish(&first, "sim", b"png-bytes", "{}")
+        first
+            .finish("sim-0", b"png-bytes".to_vec(), "{}".into())
             .await
             .unwrap()
     );
-    assert!(!jobs.finish(&first, "sim", b"other", "{}").await.unwrap());
     assert_eq!(
-        store.image_png("job0").await.unwrap().as_deref(),
+        store.image_png(ids[0].as_str()).await.unwrap().as_deref(),
         Some(&b"png-bytes"[..])
     );
-    assert_eq!(store.image_png("job1").await.unwrap(), None);
+    assert_eq!(store.image_png(ids[1].as_str()).await.unwrap(), None);
+    let row = store.job(ids[0].as_str()).await.unwrap().unwrap();
+    assert_eq!((row.backend.as_deref(), row.event_seq), (Some("sim-0"), 3));
 
-    // Requeue, then a stale claim cannot finish; the new claim can.
-    assert!(jobs.requeue(&second, "worker went away").await.unwrap());
-    let third = jobs
-        .claim("sim")
+    // The host restarts while the second runs: a stale lease cannot finish; the new one can.
+    assert_eq!(store.requeue_running("host-a", "restart").await.unwrap(), 1);
+    let third = port
+        .claim(&any, 1)
         .await
         .unwrap()
+        .pop()
         .expect("requeued job first");
-    assert_eq!((third.id(), third.attempt), ("job1", 2));
-    assert!(!jobs.finish(&second, "sim", b"stale", "{}").await.unwrap());
-    assert!(jobs.fail(&third, "model missing").await.unwrap());
-    let row = store.job("job1").await.unwrap().unwrap();
+    assert_eq!((third.id(), third.attempt()), (&ids[1], 2));
+    assert!(
+        !second
+            .finish("sim", b"stale".to_vec(), "{}".into())
+            .await
+            .unwrap()
+    );
+    assert!(third.fail("model missing").await.unwrap());
+    let row = store.job(ids[1].as_str()).await.unwrap().unwrap();
     assert_eq!(row.status(), JobStatus::Failed);
     assert_eq!(row.last_error.as_deref(), Some("model missing"));
 
     // Interrupt a queued job: it leaves the queue.
     assert_eq!(
-        jobs.interrupt("job2").await.unwrap(),
+        s.jobs.interrupt(ids[2].as_str()).await.unwrap(),
         Some(JobStatus::Queued)
     );
-    assert_eq!(jobs.interrupt("job2").await.unwrap(), None);
-    assert!(jobs.claim("sim").await.unwrap().is_none());
+    assert_eq!(s.jobs.interrupt(ids[2].as_str()).await.unwrap(), None);
+    assert!(port.claim(&any, 1).await.unwrap().is_empty());
+    assert_eq!(s.jobs.queue_depth(), 0);
 
-    // Events came in order.
+    // Events came in order, each with its job's owner and origin, and sequence numbers that
+    // grow by one with every change of the job.
     let mut seen = Vec::new();
-    while let Ok(event) = events.try_recv() {
+    while let Some(Received::Event(event)) = events.try_recv() {
         seen.push(event);
     }
-    assert!(seen.contains(&JobEvent::Finished {
-        job_id: "job0".into(),
-        backend: "sim".into()
-    }));
-    assert!(seen.contains(&JobEvent::Interrupted {
-        job_id: "job2".into(),
-        was_running: false
-    }));
-    assert!(matches!(seen.last(), Some(JobEvent::Interrupted { .. })));
+    let of = |id: &JobId| -> Vec<(i64, EventKind)> {
+        seen.iter()
+            .filter(|e| &e.job == id)
+            .map(|e| (e.seq, e.kind.clone()))
+            .collect()
+    };
+    assert_eq!(
+        of(&ids[0]),
+        vec![
+            (1, EventKind::Queued),
+            (
+                2,
+                EventKind::Started {
+                    backend: "sim".into(),
+                    attempt: 1
+                }
+            ),
+            (
+                3,
+                EventKind::Finished {
+                    backend: "sim-0".into()
+                }
+            ),
+        ]
+    );
+    assert_eq!(
+        of(&ids[2]),
+        vec![
+            (1, EventKind::Queued),
+            (2, EventKind::Interrupted { was_running: false })
+        ]
+    );
+    assert!(seen.iter().all(|e| &*e.owner == "owner"));
+    assert!(matches!(
+        seen.last().map(|e| &e.kind),
+        Some(EventKind::Interrupted { .. })
+    ));
 
+    store.close().await;
+    db.cleanup().await;
+}
+
+/// A watch follows its job to the end, in order, whatever the broadcast does: the event
+/// buffer here holds one event and a subscriber never reads.
+async fn watches_cannot_miss_the_end(engine: Engine) {
+    let Some(db) = TestDb::create(engine).await else {
+        return;
+    };
+    let store = Arc::new(Store::connect(&db.url).await.unwrap());
+    let s = common::services_with_buffer(store.clone(), "host-a", 1);
+    let _never_read = s.jobs.subscribe();
+    let (id, mut watch) = s.submit_and_watch(request("watched")).await;
+    let port = s.backends.port("sim");
+    let lease = port
+        .claim(&Capabilities::any(), 1)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    for step in 1..=3 {
+        lease.progress(step, 3).unwrap();
+    }
+    assert!(
+        lease
+            .finish("sim-0", b"png".to_vec(), "{}".into())
+            .await
+            .unwrap()
+    );
+    let mut kinds = Vec::new();
+    while let Some(event) = watch.next().await {
+        assert_eq!(event.job, id);
+        kinds.push(event.kind);
+    }
+    assert_eq!(kinds.first(), Some(&EventKind::Queued));
+    assert!(matches!(kinds[1], EventKind::Started { .. }));
+    assert_eq!(
+        kinds.last(),
+        Some(&EventKind::Finished {
+            backend: "sim-0".into()
+        })
+    );
+    // Progress may be coalesced, never reordered.
+    let steps: Vec<u32> = kinds
+        .iter()
+        .filter_map(|k| match k {
+            EventKind::Progress { step, .. } => Some(*step),
+            _ => None,
+        })
+        .collect();
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+    assert!(watch.next().await.is_none(), "ended");
+    drop(watch);
+
+    // A watch of a job that already ended reads its end from the store.
+    let mut late = s.jobs.watch(id.clone());
+    let event = late.next().await.expect("the job's state");
+    assert_eq!(event.seq, 3);
+    assert!(matches!(event.kind, EventKind::Finished { .. }));
+    assert!(late.next().await.is_none());
+    drop(late);
+    // Nothing is followed any more.
+    for _ in 0..100 {
+        if s.jobs.watched_jobs() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(s.jobs.watched_jobs(), 0);
     store.close().await;
     db.cleanup().await;
 }
@@ -131,23 +248,29 @@ async fn interrupt_running(engine: Engine) {
         return;
     };
     let store = Arc::new(Store::connect(&db.url).await.unwrap());
-    let jobs = JobService::new(store.clone(), "host-a");
-    jobs.enqueue("run1", "o", None, &request("p"))
+    let s = common::services(store.clone(), "host-a");
+    let id = s.submit(request("p")).await;
+    let port = s.backends.port("sim");
+    let lease = port
+        .claim(&Capabilities::any(), 1)
         .await
+        .unwrap()
+        .pop()
         .unwrap();
-    let claim = jobs.claim("sim").await.unwrap().unwrap();
-    assert!(jobs.progress(&claim, 1, 3).is_ok());
+    assert!(lease.progress(1, 3).is_ok());
     assert_eq!(
-        jobs.interrupt("run1").await.unwrap(),
+        s.jobs.interrupt(id.as_str()).await.unwrap(),
         Some(JobStatus::Running)
     );
+    assert!(lease.progress(2, 3).is_err(), "backend is told to stop");
     assert!(
-        jobs.progress(&claim, 2, 3).is_err(),
-        "backend is told to stop"
+        !lease
+            .finish("sim", b"late".to_vec(), "{}".into())
+            .await
+            .unwrap()
     );
-    assert!(!jobs.finish(&claim, "sim", b"late", "{}").await.unwrap());
     assert_eq!(
-        store.job("run1").await.unwrap().unwrap().status(),
+        store.job(id.as_str()).await.unwrap().unwrap().status(),
         JobStatus::Interrupted
     );
     store.close().await;
@@ -159,25 +282,128 @@ async fn recovery_is_per_host(engine: Engine) {
         return;
     };
     let store = Arc::new(Store::connect(&db.url).await.unwrap());
-    let a = JobService::new(store.clone(), "host-a");
-    let b = JobService::new(store.clone(), "host-b");
-    a.enqueue("a1", "o", None, &request("p")).await.unwrap();
-    a.enqueue("b1", "o", None, &request("p")).await.unwrap();
-    let _claim_a = a.claim("sim").await.unwrap().unwrap();
-    let claim_b = b.claim("sim").await.unwrap().unwrap();
+    let a = common::services(store.clone(), "host-a");
+    let b = common::services(store.clone(), "host-b");
+    let a1 = a.submit(request("p")).await;
+    let b1 = a.submit(request("p")).await;
+    let any = Capabilities::any();
+    let _lease_a = a
+        .backends
+        .port("sim")
+        .claim(&any, 1)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let lease_b = b
+        .backends
+        .port("sim")
+        .claim(&any, 1)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(lease_b.id(), &b1);
     // host-a restarts: only its own running job goes back to the queue.
-    assert_eq!(a.recover().await.unwrap(), 1);
+    assert_eq!(a.jobs.recover().await.unwrap(), 1);
     assert_eq!(
-        store.job("a1").await.unwrap().unwrap().status(),
+        store.job(a1.as_str()).await.unwrap().unwrap().status(),
         JobStatus::Queued
     );
     assert_eq!(
-        store.job("b1").await.unwrap().unwrap().status(),
+        store.job(b1.as_str()).await.unwrap().unwrap().status(),
         JobStatus::Running
     );
-    assert!(b.finish(&claim_b, "sim", b"x", "{}").await.unwrap());
-    let again = a.claim("sim").await.unwrap().unwrap();
-    assert_eq!((again.id(), again.attempt), ("a1", 2));
+    assert!(
+        lease_b
+            .finish("sim", b"x".to_vec(), "{}".into())
+            .await
+            .unwrap()
+    );
+    let again = a
+        .backends
+        .port("sim")
+        .claim(&any, 1)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!((again.id(), again.attempt()), (&a1, 2));
+    store.close().await;
+    db.cleanup().await;
+}
+
+/// Claims take only what the claiming backend can run; what nobody can run stays queued.
+async fn claims_follow_capabilities(engine: Engine) {
+    let Some(db) = TestDb::create(engine).await else {
+        return;
+    };
+    let store = Store::connect(&db.url).await.unwrap();
+    let json = serde_json::to_string(&request("p")).unwrap();
+    for (id, model, pixels) in [
+        ("big-sdxl", "sdxl", 2048 * 2048),
+        ("flux", "flux", 512 * 512),
+        ("sdxl", "sdxl", 1024 * 1024),
+        ("default", "", 512 * 512),
+    ] {
+        store
+            .insert_job(&new_job(id, &json, model, pixels))
+            .await
+            .unwrap();
+    }
+    let models = vec!["sdxl".to_owned()];
+    let filter = ClaimFilter {
+        models: Some(&models),
+        max_pixels: Some(1024 * 1024),
+    };
+    let rows = store.claim_jobs("h", "w", filter, 10).await.unwrap();
+    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["sdxl", "default"]);
+    assert!(
+        store
+            .claim_jobs("h", "w", filter, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let any = store
+        .claim_jobs("h", "w", ClaimFilter::default(), 10)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = any.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["big-sdxl", "flux"]);
+    store.close().await;
+    db.cleanup().await;
+}
+
+/// A burst of inserts is one statement; a taken id in it is reported for that job alone.
+async fn batched_inserts_report_taken_ids(engine: Engine) {
+    let Some(db) = TestDb::create(engine).await else {
+        return;
+    };
+    let store = Store::connect(&db.url).await.unwrap();
+    let json = serde_json::to_string(&request("p")).unwrap();
+    store
+        .insert_job(&new_job("taken", &json, "m", 1))
+        .await
+        .unwrap();
+    let done = store
+        .insert_jobs(&[
+            new_job("n1", &json, "m", 1),
+            new_job("taken", &json, "m", 1),
+            new_job("n2", &json, "m", 1),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(done, [true, false, true]);
+    let ids: Vec<String> = store
+        .jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, ["taken", "n1", "n2"]);
     store.close().await;
     db.cleanup().await;
 }
@@ -190,15 +416,10 @@ async fn concurrent_claims(engine: Engine) {
     const JOBS: usize = 120;
     const HOSTS: usize = 4;
     let setup = Store::connect(&db.url).await.unwrap();
+    let json = serde_json::to_string(&request("p")).unwrap();
     for i in 0..JOBS {
         setup
-            .insert_job(&NewJob {
-                id: &format!("c{i:04}"),
-                kind: "txt2img",
-                request: &serde_json::to_string(&request("p")).unwrap(),
-                owner_id: "o",
-                origin: None,
-            })
+            .insert_job(&new_job(&format!("c{i:04}"), &json, "m", 1))
             .await
             .unwrap();
     }
@@ -211,12 +432,16 @@ async fn concurrent_claims(engine: Engine) {
             let host = format!("host-{h}");
             let mut mine = Vec::new();
             while let Some(row) = store.claim_job(&host, "sim").await.unwrap() {
-                assert!(
-                    store
-                        .finish_job(&row.id, Some(row.attempts), &image(b"png"))
-                        .await
-                        .unwrap()
-                );
+                let done = store
+                    .finish_jobs(&[Completion {
+                        id: &row.id,
+                        fence: Some(row.event_seq),
+                        backend: "sim",
+                        image: image(b"png"),
+                    }])
+                    .await
+                    .unwrap();
+                assert_eq!(done, [Some(row.event_seq + 1)]);
                 mine.push(row.id);
             }
             store.close().await;
@@ -260,8 +485,16 @@ async fn users_categories_models(engine: Engine) {
     assert_eq!(
         store.models().await.unwrap(),
         vec![
-            ("sdxl_base".to_owned(), Some("SDXL".to_owned()), false),
-            ("secret".to_owned(), None, true)
+            ModelEntry {
+                name: "sdxl_base".to_owned(),
+                friendly_name: Some("SDXL".to_owned()),
+                restricted: false
+            },
+            ModelEntry {
+                name: "secret".to_owned(),
+                friendly_name: None,
+                restricted: true
+            }
         ]
     );
     store.close().await;
@@ -287,6 +520,9 @@ macro_rules! per_engine {
 
 per_engine!(
     lifecycle,
+    watches_cannot_miss_the_end,
+    claims_follow_capabilities,
+    batched_inserts_report_taken_ids,
     interrupt_running,
     recovery_is_per_host,
     concurrent_claims,

@@ -415,7 +415,7 @@ async fn easel_worker_sim_gets_extended_jobs() {
     }
     let store = store_of(dir.path()).await;
     let row = store.job(&ids[0]).await.unwrap().unwrap();
-    assert_eq!(row.backend.as_deref(), Some("worker-pool"));
+    assert_eq!(row.backend.as_deref(), Some("worker:rusty"), "who drew it");
     store.close().await;
     assert!(
         !server.lines_with("backend=\"worker:rusty\"").is_empty(),

@@ -7,18 +7,29 @@
 //! | --- | --- |
 //! | [`config`] | `config.toml`, environment overrides, validation |
 //! | [`store`] | SQLite / MariaDB / PostgreSQL storage and migrations |
-//! | [`jobs`] | the job model, durable queue and event stream |
+//! | [`jobs`] | the job model, durable queue, event stream and backend contract |
+//! | [`intake`] | the one way a request becomes a job (access, policy, limits, enqueue) |
+//! | [`accounts`] | users' roles and categories |
+//! | [`catalog`] | the model catalog |
 //! | [`sim`] | the simulated backend (draws a real PNG without a GPU) |
 //! | [`plugins`] | the wasmtime runtime for the policy plugins of `wit/` |
 //! | [`workers`] | the ZeroMQ worker pool and the `easel worker` client |
 //! | [`api`] | the Navigator-compatible HTTP API |
+//! | [`discord`] | the Discord front end |
 //! | [`server`] | starting and stopping all of the above together |
 //! | [`bench`] | `easel bench`: measurements against a same-run baseline |
+//!
+//! Front ends (Discord, HTTP) submit through the [`intake`] and follow jobs through the
+//! job service's read handle; backends (simulated, ZeroMQ) take jobs through the backend
+//! contract ([`jobs::Backend`]); neither reaches into the other or into the store.
 
+pub mod accounts;
 pub mod api;
 pub mod bench;
+pub mod catalog;
 pub mod config;
 pub mod discord;
+pub mod intake;
 pub mod jobs;
 pub mod plugins;
 pub mod server;

@@ -137,6 +137,18 @@ enum Bench {
         #[arg(long, default_value_t = 5000)]
         calls: usize,
     },
+    /// Authenticated txt2img submits over HTTP against `GET /` on the same server.
+    Api {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Concurrencies to measure at (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        concurrency: Vec<usize>,
+        /// Database URL (default: a temporary SQLite file).
+        #[arg(long)]
+        database: Option<String>,
+    },
     /// Worker-pool dispatch throughput and queue-to-worker latency (in-process ZeroMQ workers).
     Pool {
         /// Jobs in the throughput phase.
@@ -445,6 +457,21 @@ fn main() -> ExitCode {
                 jobs,
                 workers,
                 probes,
+                database,
+            }),
+        ),
+        Command::Bench {
+            what:
+                Bench::Api {
+                    seconds,
+                    concurrency,
+                    database,
+                },
+        } => block_on(
+            "bench failed",
+            easel::bench::api(easel::bench::ApiBenchOptions {
+                seconds,
+                concurrency,
                 database,
             }),
         ),

@@ -409,3 +409,89 @@ pub fn keys(value: &serde_json::Value) -> Vec<&str> {
         .map(String::as_str)
         .collect()
 }
+
+/// The services of one easel host inside a test: the job service, an intake with the
+/// built-in plugins, and the backends' ports.
+pub struct Services {
+    pub jobs: Arc<easel::jobs::JobService>,
+    pub intake: easel::intake::Intake,
+    pub backends: easel::jobs::Backends,
+}
+
+/// [`Services`] over `store` as host `host`.
+pub fn services(store: Arc<easel::store::Store>, host: &str) -> Services {
+    services_with_buffer(store, host, 1024)
+}
+
+/// [`services`] with a job-event broadcast of `event_buffer` events.
+pub fn services_with_buffer(
+    store: Arc<easel::store::Store>,
+    host: &str,
+    event_buffer: usize,
+) -> Services {
+    let mut settings = easel::jobs::JobSettings::new(host);
+    settings.event_buffer = event_buffer;
+    let jobs = easel::jobs::JobService::new(store.clone(), settings);
+    let runtime = easel::plugins::Runtime::new(easel::plugins::Limits::default()).unwrap();
+    let plugins = easel::plugins::Registry::open(
+        runtime,
+        Path::new("/nonexistent-easel-plugins"),
+        easel::plugins::PluginSettings::default(),
+    );
+    let intake = easel::intake::Intake::new(
+        plugins,
+        jobs.clone(),
+        Arc::new(easel::catalog::Catalog::new(store)),
+        easel::intake::Limits {
+            max_pixels: 3_686_400,
+            max_side: easel::intake::Limits::MAX_SIDE,
+            max_steps: easel::intake::Limits::MAX_STEPS,
+        },
+    );
+    let backends = easel::jobs::Backends::new(jobs.clone());
+    Services {
+        jobs,
+        intake,
+        backends,
+    }
+}
+
+impl Services {
+    async fn submit_with(
+        &self,
+        request: easel::jobs::Txt2Img,
+        watch: bool,
+    ) -> (easel::jobs::JobId, Option<easel::jobs::JobWatch>) {
+        let admitted = self
+            .intake
+            .admit(easel::intake::Caller::http("owner", 1))
+            .await
+            .expect("the built-in access plugin admits role 1");
+        let origin = easel::jobs::Origin::Http {
+            client: "203.0.113.9".into(),
+        };
+        let submitted = if watch {
+            self.intake
+                .submit_and_watch(&admitted, request, origin)
+                .await
+        } else {
+            self.intake.submit(&admitted, request, origin).await
+        }
+        .expect("queued");
+        (submitted.job, submitted.watch)
+    }
+
+    /// Submits `request` as user `owner` over "HTTP" from 203.0.113.9.
+    pub async fn submit(&self, request: easel::jobs::Txt2Img) -> easel::jobs::JobId {
+        self.submit_with(request, false).await.0
+    }
+
+    /// [`Services::submit`], following the job.
+    pub async fn submit_and_watch(
+        &self,
+        request: easel::jobs::Txt2Img,
+    ) -> (easel::jobs::JobId, easel::jobs::JobWatch) {
+        let (id, watch) = self.submit_with(request, true).await;
+        (id, watch.expect("asked for a watch"))
+    }
+}

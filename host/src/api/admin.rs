@@ -7,18 +7,13 @@ use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
-
-/// Navigator's admin role.
-const ARCHITECT: i64 = 3;
+use crate::accounts::role::ARCHITECT;
 
 pub(super) async fn plugins(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let user = state
-        .auth
-        .authenticate(&headers, state.jobs.store())
-        .await?;
+    let user = state.auth.authenticate(&headers, &state.accounts).await?;
     if user.role < ARCHITECT {
         return Err(ApiError::forbidden(
             "You do not have permission to view plugins!",
@@ -41,5 +36,6 @@ pub(super) async fn plugins(
         "dir": registry.dir(),
         "plugins": registry.list(),
         "roles": roles,
+        "admission": registry.admission(),
     })))
 }

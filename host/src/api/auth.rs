@@ -1,22 +1,13 @@
 //! Navigator's authentication: the superuser token sent raw in `Authorization`, or
-//! `Bearer <JWT>` signed HS256 with `secret_key`. The role always comes from the store.
+//! `Bearer <JWT>` signed HS256 with `secret_key`. The role always comes from the accounts
+//! service (re-read for every request, through its cache).
 
 use axum::http::HeaderMap;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde::Deserialize;
 
 use super::ApiError;
-use crate::store::Store;
-
-/// Permission roles, as Navigator numbers them.
-pub mod role {
-    /// Disabled or unknown.
-    pub const NONE: i64 = 0;
-    /// May generate (the default for enrolled users).
-    pub const APPRENTICE: i64 = 1;
-    /// The static superuser.
-    pub const APEX: i64 = 4;
-}
+use crate::accounts::{Accounts, role};
 
 /// Who is calling.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,7 +54,11 @@ impl Authenticator {
     }
 
     /// Navigator's `isAuthenticated`: the caller, or the 401/403 it gets.
-    pub async fn authenticate(&self, headers: &HeaderMap, store: &Store) -> Result<User, ApiError> {
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        accounts: &Accounts,
+    ) -> Result<User, ApiError> {
         let Some(header) = headers.get(axum::http::header::AUTHORIZATION) else {
             return Err(ApiError::unauthorized(None));
         };
@@ -105,28 +100,15 @@ impl Authenticator {
             Some(serde_json::Value::Number(id)) => id.to_string(),
             _ => return Err(ApiError::unauthorized(Some("Malformed token!"))),
         };
-        let role = permission_role(store, &discord_id).await?;
+        let role = accounts
+            .permission_role(&discord_id)
+            .await
+            .map_err(ApiError::internal)?;
         if role <= role::NONE {
             return Err(ApiError::user_disabled());
         }
         Ok(User { discord_id, role })
     }
-}
-
-/// Navigator's `getPermissionRole`: the stored role; a user without a row who owns images is
-/// enrolled as an apprentice (legacy auto-enrolment); anyone else has no role.
-pub async fn permission_role(store: &Store, id: &str) -> Result<i64, ApiError> {
-    if let Some(role) = store.user_role(id).await.map_err(ApiError::internal)? {
-        return Ok(role);
-    }
-    if store.owns_images(id).await.map_err(ApiError::internal)? {
-        store
-            .set_user_role(id, role::APPRENTICE)
-            .await
-            .map_err(ApiError::internal)?;
-        return Ok(role::APPRENTICE);
-    }
-    Ok(role::NONE)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

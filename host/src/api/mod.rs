@@ -2,7 +2,8 @@
 //!
 //! Every answer is JSON (or a PNG): bad JSON, missing fields, limits, unknown routes and
 //! internal failures all get a JSON body and a status code, never an HTML page or a hang.
-//! Requests become jobs through the job service only.
+//! Requests become jobs through the intake only; jobs and images are read through the job
+//! reader, users through the accounts service. Consumes no job events yet (socket.io will).
 
 mod admin;
 mod auth;
@@ -19,21 +20,25 @@ use axum::{Json, Router};
 use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-pub use auth::{Authenticator, SUPERUSER_ID, User, permission_role, role};
+pub use auth::{Authenticator, SUPERUSER_ID, User};
 
-use crate::jobs::JobService;
+use crate::accounts::Accounts;
+use crate::intake::Intake;
+use crate::jobs::JobReader;
 use crate::plugins::Registry;
 
 /// What the routes share.
 #[derive(Clone, Debug)]
 pub struct AppState {
-    /// The job service (and through it, the store).
-    pub jobs: Arc<JobService>,
+    /// The one way requests become jobs.
+    pub intake: Intake,
+    /// Jobs and images, read-only.
+    pub jobs: JobReader,
+    /// Users and roles.
+    pub accounts: Arc<Accounts>,
     /// Accepted credentials.
     pub auth: Authenticator,
-    /// Largest `width * height`.
-    pub image_pixel_limit: u64,
-    /// The policy plugins (access and model policy for queued requests).
+    /// The policy plugins (for the admin view).
     pub plugins: Arc<Registry>,
 }
 
@@ -92,7 +97,7 @@ async fn root() -> Json<serde_json::Value> {
 }
 
 async fn limits(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({"max_pixels": state.image_pixel_limit}))
+    Json(json!({"max_pixels": state.intake.limits().max_pixels}))
 }
 
 async fn image(
@@ -100,7 +105,7 @@ async fn image(
     Path(job_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = job_id.replacen(".png", "", 1);
-    match state.jobs.store().image_png(&id).await {
+    match state.jobs.image_png(&id).await {
         Ok(Some(png)) => Ok((
             [(header::CONTENT_TYPE, HeaderValue::from_static("image/png"))],
             png,

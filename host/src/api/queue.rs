@@ -12,9 +12,9 @@ use axum::response::{IntoResponse, Response};
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value, json};
 
-use super::{ApiError, AppState, User, origin};
-use crate::jobs::{JobError, Txt2Img};
-use crate::plugins::{Caller, Decision, FrontEnd, JobRequest, PolicyLimits, Verdict};
+use super::{ApiError, AppState, origin};
+use crate::intake::{Caller, LimitExceeded, Limits, Refusal};
+use crate::jobs::{Origin, Txt2Img};
 
 /// The job object Navigator answers with (and later sends in socket events).
 #[derive(Debug, Serialize)]
@@ -137,9 +137,9 @@ fn text<'a>(body: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, 
 }
 
 /// Largest side accepted, whatever the pixel limit (keeps `width * height` meaningful).
-const MAX_SIDE: f64 = 65_535.0;
+const MAX_SIDE: f64 = Limits::MAX_SIDE as f64;
 /// Most sampling steps accepted.
-const MAX_STEPS: f64 = 10_000.0;
+const MAX_STEPS: f64 = Limits::MAX_STEPS as f64;
 
 /// Navigator's normalisation of a txt2img body.
 fn normalise(body: &Map<String, Value>, pixel_limit: u64) -> Result<Txt2Img, ApiError> {
@@ -149,10 +149,15 @@ fn normalise(body: &Map<String, Value>, pixel_limit: u64) -> Result<Txt2Img, Api
     };
     let width = whole(body, "width", 1.0, MAX_SIDE)?.unwrap_or(512) as u32;
     let height = whole(body, "height", 1.0, MAX_SIDE)?.unwrap_or(512) as u32;
-    if u64::from(width) * u64::from(height) > pixel_limit {
-        return Err(ApiError::bad_request(format!(
-            "The total value of (Width * Height) must not exceed {pixel_limit}"
-        )));
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > pixel_limit {
+        return Err(ApiError::bad_request(
+            LimitExceeded::Pixels {
+                limit: pixel_limit,
+                asked: pixels,
+            }
+            .to_string(),
+        ));
     }
     let raw_steps = whole(body, "steps", 1.0, MAX_STEPS)?.map(|s| s as u32);
     let steps = raw_steps.unwrap_or(50);
@@ -230,10 +235,7 @@ pub(super) async fn txt2img(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let user = state
-        .auth
-        .authenticate(&headers, state.jobs.store())
-        .await?;
+    let user = state.auth.authenticate(&headers, &state.accounts).await?;
     let body = body.map_err(|rejection| {
         ApiError::new(
             rejection.status(),
@@ -249,11 +251,10 @@ pub(super) async fn txt2img(
             Err(err) => return Err(ApiError::bad_request(format!("Invalid JSON: {err}"))),
         }
     };
-    let request = normalise(&body, state.image_pixel_limit)?;
+    let request = normalise(&body, state.intake.limits().max_pixels)?;
     if let Some(category) = request.category_id {
         let owned = state
-            .jobs
-            .store()
+            .accounts
             .category_owned_by(category, &user.discord_id)
             .await
             .map_err(ApiError::internal)?;
@@ -264,27 +265,31 @@ pub(super) async fn txt2img(
             ));
         }
     }
-    let request = apply_policy(&state, &user, request).await?;
     let origin = origin(&headers, peer);
-
-    let job_id = state
-        .jobs
-        .enqueue_new(&user.discord_id, Some(&origin), &request)
+    let admitted = state
+        .intake
+        .admit(Caller::http(&user.discord_id, user.role))
         .await
-        .map_err(|err| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                json!({"error": format!("Could not queue the job: {}", short(&err))}),
-            )
-        })?;
-    let queue_size = state.jobs.queued().await.map_err(ApiError::internal)?;
+        .map_err(|refusal| refused(&user.discord_id, refusal))?;
+    let submitted = state
+        .intake
+        .submit(
+            &admitted,
+            request,
+            Origin::Http {
+                client: origin.clone(),
+            },
+        )
+        .await
+        .map_err(|refusal| refused(&user.discord_id, refusal))?;
+    let request = &submitted.request;
     let job = NavigatorJob {
         kind: "txt2img",
         model_name: &request.model_name,
         prompt: &request.prompt,
         negative_prompt: request.negative_prompt.as_deref(),
         owner_id: &user.discord_id,
-        job_id: &job_id,
+        job_id: submitted.job.as_str(),
         width: request.width,
         height: request.height,
         steps: request.steps,
@@ -296,7 +301,7 @@ pub(super) async fn txt2img(
         scheduler_name: &request.scheduler_name,
         denoising_strength: request.denoising_strength,
         force_hr_fix: request.force_hr_fix,
-        queue_size,
+        queue_size: i64::try_from(submitted.queue_depth).unwrap_or(i64::MAX),
         task_type: "txt2img",
         status: "queued",
         origin: &origin,
@@ -310,76 +315,23 @@ pub(super) async fn txt2img(
     Ok(Json(job).into_response())
 }
 
-/// The access and model-policy plugins on an API request, off the async threads (a plugin may
-/// use its whole deadline). Access refusals are 403 (the reason is logged, not sent); policy
-/// refusals are 400 with the policy's text.
-async fn apply_policy(
-    state: &AppState,
-    user: &User,
-    mut request: Txt2Img,
-) -> Result<Txt2Img, ApiError> {
-    let catalog = crate::plugins::catalog(state.jobs.store())
-        .await
-        .map_err(ApiError::internal)?;
-    let caller = Caller {
-        front_end: FrontEnd::Http,
-        user_id: user.discord_id.clone(),
-        user_tag: String::new(),
-        role: u8::try_from(user.role.clamp(0, 255)).unwrap_or(u8::MAX),
-        guild: String::new(),
-        channel: String::new(),
-        channel_id: String::new(),
-        is_dm: false,
-        is_self: false,
-    };
-    let asked = JobRequest::from_txt2img(&request);
-    let limits = PolicyLimits {
-        max_pixels: state.image_pixel_limit,
-    };
-    let plugins = state.plugins.clone();
-    let verdict = tokio::task::spawn_blocking(move || match plugins.check(&caller) {
-        Decision::Deny(reason) => Err(reason),
-        Decision::Allow => Ok(plugins.decide(&asked, &caller, &catalog, limits)),
-    })
-    .await
-    .map_err(ApiError::internal)?;
-    let adjusted = match verdict {
-        Err(reason) => {
-            tracing::info!(user = %user.discord_id, reason, "the access plugin refused an API request");
-            return Err(ApiError::forbidden("You are not allowed to queue jobs."));
+/// A refusal of the intake as Navigator words it: access 403 (the reason is logged, not
+/// sent), the policy's text and broken limits 400, a store failure 400 without internals.
+fn refused(user: &str, refusal: Refusal) -> ApiError {
+    match refusal {
+        Refusal::Access { reason } => {
+            tracing::info!(user, reason, "the access plugin refused an API request");
+            ApiError::forbidden("You are not allowed to queue jobs.")
         }
-        Ok(Verdict::Deny(message)) => return Err(ApiError::bad_request(message)),
-        Ok(Verdict::Allow(adjusted)) => adjusted,
-    };
-    // The policy may change the request, not break the operator's hard limits.
-    let side = 1..=MAX_SIDE as u32;
-    if !side.contains(&adjusted.width)
-        || !side.contains(&adjusted.height)
-        || !(1..=MAX_STEPS as u32).contains(&adjusted.steps)
-        || !adjusted.cfg.is_finite()
-        || adjusted.prompt.is_empty()
-    {
-        tracing::error!(request = ?adjusted, "the model-policy plugin returned an unusable request");
-        return Err(ApiError::internal(
-            "model policy returned an unusable request",
-        ));
-    }
-    if u64::from(adjusted.width) * u64::from(adjusted.height) > state.image_pixel_limit {
-        return Err(ApiError::bad_request(format!(
-            "The total value of (Width * Height) must not exceed {}",
-            state.image_pixel_limit
-        )));
-    }
-    adjusted.apply_to(&mut request);
-    Ok(request)
-}
-
-/// The error's own message, logged in full but sent without internals.
-fn short(err: &JobError) -> String {
-    tracing::error!(error = %err, "could not queue a job");
-    match err {
-        JobError::Store(_) => "the database refused the job".to_owned(),
-        other => other.to_string(),
+        Refusal::Policy { message } => ApiError::bad_request(message),
+        Refusal::Limit(limit) => ApiError::bad_request(limit.to_string()),
+        Refusal::Store(err) => {
+            tracing::error!(error = %err, "could not queue a job");
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "Could not queue the job: the database refused the job"}),
+            )
+        }
     }
 }
 

@@ -78,10 +78,10 @@ pub struct Discord {
     pub allow_dms: bool,
     /// Threads: `"parent"` (a thread is allowed where its parent channel is) or `"own"` (by the
     /// thread's own name).
-    pub threads: String,
+    pub threads: Threads,
     /// Where the `/art` slash command is registered: `"global"`, `"guild"` (each guild the bot
     /// is in; appears at once) or `"off"`.
-    pub commands: String,
+    pub commands: Commands,
     /// `[discord.settings]`.
     pub settings: DiscordSettings,
     /// `[discord.style]`.
@@ -95,12 +95,36 @@ impl Default for Discord {
             api_base: String::new(),
             announce: true,
             allow_dms: false,
-            threads: "parent".to_owned(),
-            commands: "global".to_owned(),
+            threads: Threads::Parent,
+            commands: Commands::Global,
             settings: DiscordSettings::default(),
             style: DiscordStyle::default(),
         }
     }
+}
+
+/// `[discord] threads`: by which name a thread is allowed.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Threads {
+    /// Where its parent channel is allowed.
+    #[default]
+    Parent,
+    /// By the thread's own name.
+    Own,
+}
+
+/// `[discord] commands`: where the `/art` slash command is registered.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Commands {
+    /// For every guild, at once (Discord may take a while to show it).
+    #[default]
+    Global,
+    /// In each guild the bot is in (shows up at once).
+    Guild,
+    /// Not registered.
+    Off,
 }
 
 /// `[discord.settings]`: who and where the bot listens to.
@@ -275,11 +299,51 @@ pub struct Plugins {
     pub deadline_ms: u64,
     /// Memory one plugin call may grow to, in MiB.
     pub memory_mib: u64,
+    /// Plugin calls that may run at once (instances in the pool); more callers wait for a free
+    /// instance, up to their deadline.
+    pub instances: u32,
     /// `[plugins.roles]`: the plugin (file stem) serving each role.
     pub roles: PluginRoles,
     /// `[plugins.<name>]`: each plugin's own settings (`on_failure` is read by easel).
     #[serde(flatten)]
-    pub settings: std::collections::BTreeMap<String, toml::Table>,
+    pub settings: std::collections::BTreeMap<String, PluginTable>,
+}
+
+/// What happens when a plugin traps, runs out of time or memory, or is not loaded.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// Refuse: access denies, the parser answers with an apology, the model policy refuses,
+    /// reactions do nothing.
+    FailClosed,
+    /// Let it through: access allows, the parser ignores the message, the model policy keeps
+    /// the request as it is, reactions do nothing.
+    FailOpen,
+    /// Ask the default plugin embedded in the binary (and fail closed if that fails too).
+    #[default]
+    Builtin,
+}
+
+impl FailurePolicy {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FailClosed => "fail-closed",
+            Self::FailOpen => "fail-open",
+            Self::Builtin => "builtin",
+        }
+    }
+}
+
+/// `[plugins.<name>]`: `on_failure`, read by easel, and the keys handed to the plugin.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct PluginTable {
+    /// What happens when this plugin fails (default `builtin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<FailurePolicy>,
+    /// Everything else: the plugin's own settings.
+    #[serde(flatten)]
+    pub values: toml::Table,
 }
 
 impl Default for Plugins {
@@ -289,6 +353,7 @@ impl Default for Plugins {
             cache_dir: ".cache".to_owned(),
             deadline_ms: 50,
             memory_mib: 32,
+            instances: 64,
             roles: PluginRoles::default(),
             settings: Default::default(),
         }
@@ -479,6 +544,22 @@ impl Config {
     fn from_table(table: toml::Table) -> Result<Self, ConfigError> {
         let known = toml::Table::try_from(Config::default()).expect("defaults serialize");
         check_unknown_keys(&table, &known, "")?;
+        // Each `[plugins.<name>]` table on its own first: inside the flattened map below, serde
+        // would report a bad value as being at `plugins`.
+        let known_plugins = known.get("plugins").and_then(toml::Value::as_table);
+        if let Some(plugins) = table.get("plugins").and_then(toml::Value::as_table) {
+            for (name, value) in plugins {
+                if known_plugins.is_some_and(|k| k.contains_key(name)) || !value.is_table() {
+                    continue;
+                }
+                serde_path_to_error::deserialize::<_, PluginTable>(value.clone()).map_err(
+                    |err| {
+                        let key = format!("plugins.{name}.{}", err.path());
+                        invalid_from_serde(&key, &err.into_inner().to_string())
+                    },
+                )?;
+            }
+        }
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|err| {
             let key = err.path().to_string();
             invalid_from_serde(&key, &err.into_inner().to_string())
@@ -557,30 +638,6 @@ impl Config {
                 expected: "positive numbers".to_owned(),
             });
         }
-        for (key, value, allowed) in [
-            (
-                "discord.threads",
-                &self.discord.threads,
-                &["parent", "own"][..],
-            ),
-            (
-                "discord.commands",
-                &self.discord.commands,
-                &["global", "guild", "off"][..],
-            ),
-        ] {
-            if !allowed.contains(&value.as_str()) {
-                return Err(ConfigError::Invalid {
-                    key: key.to_owned(),
-                    found: format!("{value:?}"),
-                    expected: allowed
-                        .iter()
-                        .map(|a| format!("{a:?}"))
-                        .collect::<Vec<_>>()
-                        .join(" or "),
-                });
-            }
-        }
         for (key, value, schemes) in [
             (
                 "discord.gateway_url",
@@ -611,25 +668,67 @@ impl Config {
                 expected: "1-60000 ms and at least 1 MiB".to_owned(),
             });
         }
-        for (name, table) in &self.plugins.settings {
-            if let Some(value) = table.get(crate::plugins::ON_FAILURE)
-                && value
-                    .as_str()
-                    .and_then(crate::plugins::FailurePolicy::from_name)
-                    .is_none()
-            {
-                return Err(ConfigError::Invalid {
-                    key: format!("plugins.{name}.{}", crate::plugins::ON_FAILURE),
-                    found: value.to_string(),
-                    expected: crate::plugins::FailurePolicy::NAMES.to_owned(),
-                });
-            }
+        if !(1..=10_000).contains(&self.plugins.instances) {
+            return Err(ConfigError::Invalid {
+                key: "plugins.instances".to_owned(),
+                found: self.plugins.instances.to_string(),
+                expected: "1-10000 instances".to_owned(),
+            });
         }
+        self.check_plugin_tables()?;
         if self.api.bind.parse::<std::net::IpAddr>().is_err() {
             return Err(ConfigError::Invalid {
                 key: "api.bind".to_owned(),
                 found: format!("{:?}", self.api.bind),
                 expected: "an IP address such as \"127.0.0.1\" or \"0.0.0.0\"".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Every `[plugins.<name>]` table must be the settings of a plugin: one named in
+    /// `[plugins.roles]`, a default plugin, or a `.wasm` file of the plugin directory. Anything
+    /// else is a typo (`[plugins.rolse]`), refused like an unknown key.
+    fn check_plugin_tables(&self) -> Result<(), ConfigError> {
+        let on_disk: Vec<String> = std::fs::read_dir(&self.plugins.dir)
+            .map(|listing| {
+                listing
+                    .filter_map(|entry| {
+                        let path = entry.ok()?.path();
+                        (path.extension()? == "wasm")
+                            .then(|| Some(path.file_stem()?.to_string_lossy().into_owned()))?
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let roles = &self.plugins.roles;
+        let mut plugins: Vec<&str> = vec!["parser", "access", "reactions", "model-policy"];
+        plugins.extend([
+            roles.parser.as_str(),
+            roles.access.as_str(),
+            roles.reactions.as_str(),
+            roles.model_policy.as_str(),
+        ]);
+        plugins.extend(on_disk.iter().map(String::as_str));
+        for name in self.plugins.settings.keys() {
+            if plugins.contains(&name.as_str()) {
+                continue;
+            }
+            let mut known = toml::Table::try_from(Plugins::default()).expect("defaults serialize");
+            for plugin in &plugins {
+                known.insert((*plugin).to_owned(), toml::Value::Table(toml::Table::new()));
+            }
+            let suggestion = match suggest(name, &known) {
+                hint if hint.starts_with(" (did you mean") => hint,
+                _ => format!(
+                    " (no plugin of that name: not in [plugins.roles] and no {}/{name}.wasm)",
+                    self.plugins.dir
+                ),
+            };
+            return Err(ConfigError::UnknownKey {
+                what: "section",
+                key: format!("plugins.{name}"),
+                suggestion,
             });
         }
         Ok(())
@@ -667,7 +766,8 @@ fn check_unknown_keys(
             format!("{prefix}.{key}")
         };
         match known.get(key) {
-            // `[plugins.<name>]`: each plugin's own table, whatever its keys.
+            // `[plugins.<name>]`: each plugin's own table, whatever its keys (which names are
+            // plugins is checked in `validate`).
             None if prefix == "plugins" && value.is_table() => {}
             None => {
                 let what = if value.is_table() { "section" } else { "key" };
@@ -707,6 +807,16 @@ fn suggest(key: &str, known: &toml::Table) -> String {
 fn invalid_from_serde(key: &str, message: &str) -> ConfigError {
     let message = message.lines().next().unwrap_or_default().trim();
     let (found, expected) = match message.split_once(", expected ") {
+        // `unknown variant `x`, expected `a` or `b``: a string that is not one of the choices.
+        Some((found, expected)) if found.starts_with("unknown variant `") => (
+            format!(
+                "{:?}",
+                found
+                    .trim_start_matches("unknown variant `")
+                    .trim_end_matches('`')
+            ),
+            expected.replace("one of ", "").replace('`', "\""),
+        ),
         Some((found, expected)) => (
             found
                 .trim_start_matches("invalid type: ")
@@ -777,6 +887,47 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("IMAGE_PIXEL_LIMIT"), "{err}");
+    }
+
+    #[test]
+    fn choices_are_typed() {
+        let err = parse("[discord]\nthreads = \"sometimes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "config error: `discord.threads`: found \"sometimes\", expected \"parent\" or \"own\""
+        );
+        let err = parse("[plugins.access]\non_failure = \"explode\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("config error: `plugins.access.on_failure`: found \"explode\", expected \"fail-closed\", \"fail-open\""), "{err}");
+        let config = parse("[plugins.access]\non_failure = \"fail-open\"\nmin_role = 2\n").unwrap();
+        let table = &config.plugins.settings["access"];
+        assert_eq!(table.on_failure, Some(FailurePolicy::FailOpen));
+        assert_eq!(table.values.get("min_role"), Some(&toml::Value::Integer(2)));
+    }
+
+    #[test]
+    fn a_plugin_table_must_name_a_plugin() {
+        let mut config = parse("[plugins.rolse]\nparser = \"parser-extended\"\n").unwrap();
+        config.plugins.dir = "/nonexistent-easel-plugins".to_owned();
+        let err = config.validate().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "config error: unknown section `plugins.rolse` (did you mean `roles`?)"
+        );
+        let mut config = parse("[plugins.sparkle]\nx = 1\n").unwrap();
+        config.plugins.dir = "/nonexistent-easel-plugins".to_owned();
+        let err = config.validate().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "config error: unknown section `plugins.sparkle` (no plugin of that name: not in [plugins.roles] and no /nonexistent-easel-plugins/sparkle.wasm)"
+        );
+        let mut config =
+            parse("[plugins.roles]\nparser = \"sparkle\"\n[plugins.sparkle]\nx = 1\n").unwrap();
+        config.plugins.dir = "/nonexistent-easel-plugins".to_owned();
+        config.validate().unwrap();
     }
 
     #[test]

@@ -1,11 +1,12 @@
-//! The message flow (compat.md §1.7 through the plugins) and what follows a queued request:
-//! the reactions plugin's actions at every stage, carried out on the message (or on the slash
-//! command's interaction), with the picture attached when the job finishes.
+//! The message flow (compat.md §1.7 through the plugins and the intake) and what follows a
+//! queued request: the reactions plugin's actions at every stage, carried out on the message
+//! (or on the slash command's interaction), with the picture attached when the job finishes.
+//! Each queued request is followed by a task of its own holding the job's [`JobWatch`], which
+//! ends with the job whatever happens to it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, mpsc, watch};
 use twilight_http::request::channel::reaction::RequestReactionType;
 use twilight_model::channel::Message;
 use twilight_model::channel::message::Component;
@@ -18,10 +19,10 @@ use twilight_model::id::marker::{
 use twilight_model::user::User;
 
 use super::Bot;
-use crate::jobs::{JobEvent, Txt2Img};
-use crate::plugins::{
-    Action, Caller, Decision, FrontEnd, JobRequest, Outcome, PolicyLimits, Stage, Verdict,
-};
+use crate::accounts::role;
+use crate::intake::{self, Admitted, FrontEnd, LimitExceeded, Refusal};
+use crate::jobs::{EventKind, JobEvent, JobWatch, Origin};
+use crate::plugins::{Action, Caller, JobRequest, Outcome, Stage};
 
 /// Discord's longest message.
 const MAX_CONTENT: usize = 2000;
@@ -49,26 +50,54 @@ pub(super) enum Target {
         user: Id<UserMarker>,
         created: Instant,
     },
+    /// A channel: a slash command's job adopted after a restart (its token is gone).
+    Channel { channel: Id<ChannelMarker> },
 }
 
 impl Target {
     /// What is stored as the job's origin, so a restarted server can still answer.
-    fn origin(&self) -> String {
+    fn origin(&self) -> Origin {
         match self {
-            Target::Message { channel, message } => format!("discord:{channel}:{message}"),
-            Target::Interaction { channel, user, .. } => format!("discord:{channel}:0:{user}"),
+            Target::Message { channel, message } => Origin::Discord {
+                channel: channel.get(),
+                message: Some(message.get()),
+                user: None,
+            },
+            Target::Interaction { channel, user, .. } => Origin::Discord {
+                channel: channel.get(),
+                message: None,
+                user: Some(user.get()),
+            },
+            Target::Channel { channel } => Origin::Discord {
+                channel: channel.get(),
+                message: None,
+                user: None,
+            },
         }
     }
 
-    /// The target an origin names, for a job this process did not queue.
-    fn from_origin(origin: &str) -> Option<Target> {
-        let mut parts = origin.strip_prefix("discord:")?.split(':');
-        let channel = Id::new_checked(parts.next()?.parse().ok()?)?;
-        let message: u64 = parts.next()?.parse().ok()?;
-        Some(Target::Message {
+    /// The target an origin names, for a job this process did not queue (a slash command's
+    /// interaction token is not stored: its job is answered in its channel).
+    fn from_origin(origin: &Origin) -> Option<(Target, Option<Id<UserMarker>>)> {
+        let Origin::Discord {
             channel,
-            message: Id::new_checked(message)?,
-        })
+            message,
+            user,
+        } = origin
+        else {
+            return None;
+        };
+        let channel = Id::new_checked(*channel)?;
+        match message {
+            Some(message) => Some((
+                Target::Message {
+                    channel,
+                    message: Id::new_checked(*message)?,
+                },
+                None,
+            )),
+            None => Some((Target::Channel { channel }, user.and_then(Id::new_checked))),
+        }
     }
 }
 
@@ -85,30 +114,6 @@ pub(super) fn user_tag(user: &User) -> String {
         format!("{}#0", user.name)
     } else {
         format!("{}#{:04}", user.name, user.discriminator)
-    }
-}
-
-/// The job the backends run for a plugin request (0 width/height: 512, Navigator's default).
-pub(super) fn txt2img(request: &JobRequest) -> Txt2Img {
-    let side = |v: u32| if v == 0 { 512 } else { v };
-    Txt2Img {
-        model_name: request.model.clone(),
-        prompt: request.prompt.clone(),
-        negative_prompt: (!request.negative_prompt.is_empty())
-            .then(|| request.negative_prompt.clone()),
-        width: side(request.width),
-        height: side(request.height),
-        steps: request.steps,
-        seed: request.seed,
-        cfg_scale: request.cfg,
-        distilled_cfg: 3.5,
-        sampler_name: if request.sampler.is_empty() {
-            "DPM++ 2M".to_owned()
-        } else {
-            request.sampler.clone()
-        },
-        scheduler_name: "automatic".to_owned(),
-        ..Txt2Img::default()
     }
 }
 
@@ -168,13 +173,6 @@ fn result_buttons(job_id: &str) -> Vec<Component> {
     })]
 }
 
-/// Runs plugin calls off the async threads (a call may use its whole deadline).
-pub(super) async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
-    tokio::task::spawn_blocking(f)
-        .await
-        .expect("plugin calls do not panic")
-}
-
 impl Bot {
     /// Who sent a message (or used a command), and where, as the plugins see it.
     pub(super) async fn caller(
@@ -183,7 +181,7 @@ impl Bot {
         guild: Option<Id<GuildMarker>>,
         author: Id<UserMarker>,
         tag: String,
-    ) -> Caller {
+    ) -> intake::Caller {
         let mut place = self.places.channel(channel);
         if place.is_none() && guild.is_some() {
             // A channel the gateway did not tell about (yet): ask once, remember.
@@ -207,19 +205,19 @@ impl Bot {
         {
             name = parent.name;
         }
-        let role = match self.jobs.store().user_role(&author.to_string()).await {
+        let role = match self.accounts.stored_role(&author.to_string()).await {
             Ok(Some(role)) => role,
-            Ok(None) => 1,
+            Ok(None) => role::APPRENTICE,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot read a user's role; using 1");
-                1
+                role::APPRENTICE
             }
         };
-        Caller {
+        intake::Caller {
             front_end: FrontEnd::Discord,
             user_id: author.to_string(),
             user_tag: tag,
-            role: u8::try_from(role.clamp(0, 255)).unwrap_or(u8::MAX),
+            role,
             guild: guild
                 .and_then(|g| self.places.guild_name(g))
                 .unwrap_or_default(),
@@ -245,20 +243,15 @@ impl Bot {
             channel: message.channel_id,
             message: message.id,
         };
-        let plugins = self.plugins.clone();
-        let (content, asked) = (message.content, caller.clone());
-        let outcome = blocking(move || match plugins.check(&asked) {
-            Decision::Deny(reason) => Err(reason),
-            Decision::Allow => Ok(plugins.parse(&content, &asked)),
-        })
-        .await;
-        let outcome = match outcome {
-            Err(reason) => {
-                tracing::debug!(channel = %caller.channel, user = %caller.user_tag, reason, "message not for the bot here");
+        let admitted = match self.intake.admit(caller).await {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                tracing::debug!(channel_id = %message.channel_id, user = %message.author.name, %refusal, "message not for the bot here");
                 return;
             }
-            Ok(outcome) => outcome,
         };
+        let caller = admitted.plugin_caller().clone();
+        let outcome = self.plugins.parse(message.content, caller.clone()).await;
         match outcome {
             Outcome::Ignore => {}
             Outcome::Help(text) => {
@@ -287,97 +280,58 @@ impl Bot {
                     &[(Stage::Accepted, "")],
                 )
                 .await;
-                self.submit(caller, parsed.request, parsed.warnings, target)
+                self.submit(&admitted, parsed.request, parsed.warnings, target)
                     .await;
             }
         }
     }
 
-    /// The model policy, then the queue; answers a refusal with the `rejected` stage.
+    /// Through the intake (model policy, limits, queue); a refusal is shown with the
+    /// `rejected` stage, a queued job is followed until it ends.
     pub(super) async fn submit(
         self: &Arc<Self>,
-        caller: Caller,
+        admitted: &Admitted,
         request: JobRequest,
         warnings: Vec<String>,
         target: Target,
     ) -> Option<String> {
-        let catalog = match crate::plugins::catalog(self.jobs.store()).await {
-            Ok(catalog) => catalog,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot read the model catalog; deciding without it");
-                Vec::new()
-            }
-        };
-        let limits = PolicyLimits {
-            max_pixels: self.settings.pixel_limit,
-        };
-        let (plugins, asked, who) = (self.plugins.clone(), request.clone(), caller.clone());
-        let verdict = blocking(move || plugins.decide(&asked, &who, &catalog, limits)).await;
-        let request = match verdict {
-            Verdict::Deny(text) => {
-                self.stages(
-                    &caller,
-                    &target,
-                    Some(&request),
-                    &[(Stage::Rejected, &text)],
-                )
-                .await;
-                return None;
-            }
-            Verdict::Allow(request) => request,
-        };
-        let job = txt2img(&request);
-        if job.prompt.is_empty() || job.steps == 0 || !job.cfg_scale.is_finite() {
-            tracing::error!(?request, "the model policy returned an unusable request");
-            self.stages(
-                &caller,
-                &target,
-                Some(&request),
-                &[(Stage::Rejected, crate::plugins::POLICY_UNAVAILABLE)],
+        let caller = admitted.plugin_caller();
+        let submitted = self
+            .intake
+            .submit_and_watch(
+                admitted,
+                intake::request_from_plugin(&request),
+                target.origin(),
             )
             .await;
-            return None;
-        }
-        // Follow the job before it is stored, so none of its events is missed.
-        let (tx, rx) = mpsc::unbounded_channel();
-        let origin = target.origin();
-        let mut tries = 0;
-        let job_id = loop {
-            let id = crate::jobs::new_job_id();
-            self.followers
-                .lock()
-                .expect("followers lock")
-                .insert(id.clone(), tx.clone());
-            match self
-                .jobs
-                .enqueue(&id, &caller.user_id, Some(&origin), &job)
-                .await
-            {
-                Ok(()) => break id,
-                Err(err) => {
-                    self.followers.lock().expect("followers lock").remove(&id);
-                    if err.is_duplicate_id() && tries < 5 {
-                        tries += 1;
-                        continue;
+        let submitted = match submitted {
+            Ok(submitted) => submitted,
+            Err(refusal) => {
+                let text = match &refusal {
+                    Refusal::Policy { message } => message.clone(),
+                    // The seed's reply for a request without a prompt.
+                    Refusal::Limit(LimitExceeded::EmptyPrompt) => {
+                        "Skipping request with empty prompt.".to_owned()
                     }
-                    tracing::error!(error = %err, "cannot queue a Discord request");
-                    self.stages(
-                        &caller,
-                        &target,
-                        Some(&request),
-                        &[(
-                            Stage::Rejected,
-                            "Sorry, the request could not be queued. Please try again later.",
-                        )],
-                    )
+                    Refusal::Limit(limit) => limit.to_string(),
+                    Refusal::Store(err) => {
+                        tracing::error!(error = %err, "cannot queue a Discord request");
+                        "Sorry, the request could not be queued. Please try again later.".to_owned()
+                    }
+                    other => {
+                        tracing::error!(refusal = %other, "a Discord request was refused");
+                        crate::plugins::POLICY_UNAVAILABLE.to_owned()
+                    }
+                };
+                self.stages(caller, &target, Some(&request), &[(Stage::Rejected, &text)])
                     .await;
-                    return None;
-                }
+                return None;
             }
         };
+        let job_id = submitted.job.to_string();
         let followed = Followed {
-            caller,
-            request,
+            caller: caller.clone(),
+            request: submitted.asked,
             target,
         };
         let lines = warnings.join("\n");
@@ -388,7 +342,8 @@ impl Bot {
             &[(Stage::Queued, &lines)],
         )
         .await;
-        tokio::spawn(self.clone().follow(job_id.clone(), followed, rx));
+        let watch = submitted.watch.expect("asked for a watch");
+        tokio::spawn(self.clone().follow(watch, followed));
         Some(job_id)
     }
 
@@ -413,13 +368,9 @@ impl Bot {
         stage: Stage,
         info: &str,
     ) -> Vec<Action> {
-        let (plugins, caller, request, info) = (
-            self.plugins.clone(),
-            caller.clone(),
-            request.cloned(),
-            info.to_owned(),
-        );
-        blocking(move || plugins.on_stage(stage, &caller, request.as_ref(), &info)).await
+        self.plugins
+            .on_stage(stage, caller.clone(), request.cloned(), info.to_owned())
+            .await
     }
 
     /// Carries actions out. With `result`, the first reply carries the picture and the result
@@ -436,7 +387,7 @@ impl Bot {
             match action {
                 Action::AddEmoji(emoji) | Action::RemoveEmoji(emoji) => {
                     let Target::Message { channel, message } = target else {
-                        continue; // A slash command has no message of the user's to react to.
+                        continue; // No message of the user's to react to.
                     };
                     let outcome = if matches!(action, Action::AddEmoji(_)) {
                         self.http
@@ -505,6 +456,14 @@ impl Bot {
                     .components(buttons)
                     .await
                     .map(drop),
+                Target::Channel { channel } => self
+                    .http
+                    .create_message(*channel)
+                    .content(chunk)
+                    .attachments(files)
+                    .components(buttons)
+                    .await
+                    .map(drop),
                 Target::Interaction { channel, user, .. } => {
                     let text = format!("<@{user}> {chunk}");
                     let text: String = text.chars().take(MAX_CONTENT).collect();
@@ -536,19 +495,18 @@ impl Bot {
             {
                 continue;
             }
-            let caller = Caller {
+            let caller = intake::Caller {
                 front_end: FrontEnd::Discord,
                 user_id: String::new(),
                 user_tag: String::new(),
-                role: 0,
+                role: role::NONE,
                 guild: guild_name.clone(),
                 channel: place.name.clone(),
                 channel_id: channel.to_string(),
                 is_dm: false,
                 is_self: false,
             };
-            let plugins = self.plugins.clone();
-            if blocking(move || plugins.check(&caller)).await != Decision::Allow {
+            if self.intake.admit(caller).await.is_err() {
                 continue;
             }
             if let Err(err) = self.http.create_message(channel).content("I'm here!").await {
@@ -558,38 +516,26 @@ impl Bot {
     }
 
     /// Shows a followed job's stages as its events arrive, until it ends.
-    async fn follow(
-        self: Arc<Self>,
-        job_id: String,
-        followed: Followed,
-        mut events: mpsc::UnboundedReceiver<JobEvent>,
-    ) {
+    async fn follow(self: Arc<Self>, mut watch: JobWatch, followed: Followed) {
         let mut last_progress: Option<Instant> = None;
-        while let Some(event) = events.recv().await {
-            let done = self
-                .show(&job_id, &followed, event, &mut last_progress)
-                .await;
-            if done {
+        while let Some(event) = watch.next().await {
+            if self.show(&followed, event, &mut last_progress).await {
                 break;
             }
         }
-        self.followers
-            .lock()
-            .expect("followers lock")
-            .remove(&job_id);
     }
 
     /// One event of a followed job; true when the job ended.
     async fn show(
         &self,
-        job_id: &str,
         f: &Followed,
         event: JobEvent,
         last_progress: &mut Option<Instant>,
     ) -> bool {
         let request = Some(&f.request);
-        match event {
-            JobEvent::Started { backend, .. } => {
+        let job_id = event.job.as_str();
+        match event.kind {
+            EventKind::Started { backend, .. } => {
                 self.stages(
                     &f.caller,
                     &f.target,
@@ -599,7 +545,7 @@ impl Bot {
                 .await;
                 false
             }
-            JobEvent::Progress { step, total, .. } => {
+            EventKind::Progress { step, total, .. } => {
                 if last_progress.is_none_or(|at| at.elapsed() >= PROGRESS_EVERY) {
                     *last_progress = Some(Instant::now());
                     let info = format!("{step}/{total}");
@@ -608,8 +554,8 @@ impl Bot {
                 }
                 false
             }
-            JobEvent::Finished { backend, .. } => {
-                let png = match self.jobs.store().image_png(job_id).await {
+            EventKind::Finished { backend } => {
+                let png = match self.jobs.image_png(job_id).await {
                     Ok(Some(png)) => png,
                     Ok(None) | Err(_) => {
                         tracing::error!(job_id, "finished job has no image");
@@ -626,12 +572,12 @@ impl Bot {
                 self.act(&f.target, &actions, Some((job_id, png))).await;
                 true
             }
-            JobEvent::Failed { error, .. } => {
+            EventKind::Failed { error } => {
                 self.stages(&f.caller, &f.target, request, &[(Stage::Failed, &error)])
                     .await;
                 true
             }
-            JobEvent::Interrupted { .. } => {
+            EventKind::Interrupted { .. } => {
                 self.stages(
                     &f.caller,
                     &f.target,
@@ -641,90 +587,52 @@ impl Bot {
                 .await;
                 true
             }
-            JobEvent::Queued { .. } | JobEvent::Requeued { .. } => false,
+            _ => false,
         }
     }
 
-    /// A job this process does not follow ended: if it came from Discord (queued before a
-    /// restart), answer where it was asked.
-    async fn adopt(self: &Arc<Self>, event: JobEvent) {
-        let job_id = match &event {
-            JobEvent::Finished { job_id, .. } | JobEvent::Failed { job_id, .. } => job_id.clone(),
-            _ => return,
+    /// Follows the Discord jobs that were queued before this process started (a restart):
+    /// their answers go where they were asked.
+    pub(super) async fn adopt_unfinished(self: Arc<Self>) {
+        let rows = match self.jobs.unfinished_from(Origin::DISCORD_PREFIX).await {
+            Ok(rows) => rows,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the Discord jobs of a previous run");
+                return;
+            }
         };
-        let row = match self.jobs.store().job(&job_id).await {
-            Ok(Some(row)) => row,
-            _ => return,
-        };
-        let Some(target) = row.origin.as_deref().and_then(Target::from_origin) else {
-            return;
-        };
-        let Ok(job) = serde_json::from_str::<Txt2Img>(&row.request) else {
-            return;
-        };
-        let Target::Message { channel, .. } = &target else {
-            return;
-        };
-        let Some(author) = row.owner_id.parse().ok().and_then(Id::new_checked) else {
-            return;
-        };
-        let place_guild = self.places.channel(*channel).and_then(|p| p.guild_id);
-        // The user's name is not stored with the job: the tag stays empty.
-        let caller = self
-            .caller(*channel, place_guild, author, String::new())
-            .await;
-        let followed = Followed {
-            caller,
-            request: JobRequest::from_txt2img(&job),
-            target,
-        };
-        self.show(&job_id, &followed, event, &mut None).await;
-    }
-}
-
-/// Routes job events to the jobs this process follows (and adopts Discord jobs it does not).
-pub(super) async fn follow_jobs(
-    bot: Arc<Bot>,
-    mut events: broadcast::Receiver<JobEvent>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    loop {
-        let event = tokio::select! {
-            _ = stopped.changed() => return,
-            event = events.recv() => event,
-        };
-        let event = match event {
-            Ok(event) => event,
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(missed = n, "Discord front end fell behind on job events");
+        if !rows.is_empty() {
+            tracing::info!(
+                jobs = rows.len(),
+                "following Discord jobs queued before the start"
+            );
+        }
+        for row in rows {
+            let origin = Origin::parse(row.origin.as_deref());
+            let Some((target, user)) = Target::from_origin(&origin) else {
                 continue;
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        let job_id = match &event {
-            JobEvent::Queued { job_id }
-            | JobEvent::Started { job_id, .. }
-            | JobEvent::Progress { job_id, .. }
-            | JobEvent::Finished { job_id, .. }
-            | JobEvent::Failed { job_id, .. }
-            | JobEvent::Requeued { job_id, .. }
-            | JobEvent::Interrupted { job_id, .. } => job_id.clone(),
-        };
-        let follower = bot
-            .followers
-            .lock()
-            .expect("followers lock")
-            .get(&job_id)
-            .cloned();
-        match follower {
-            Some(tx) => {
-                let _ = tx.send(event);
-            }
-            None if matches!(event, JobEvent::Finished { .. } | JobEvent::Failed { .. }) => {
-                let bot = bot.clone();
-                tokio::spawn(async move { bot.adopt(event).await });
-            }
-            None => {}
+            };
+            let Ok(job) = serde_json::from_str::<crate::jobs::Txt2Img>(&row.request) else {
+                continue;
+            };
+            let Some(author) = user.or_else(|| row.owner_id.parse().ok().and_then(Id::new_checked))
+            else {
+                continue;
+            };
+            let channel = match &target {
+                Target::Message { channel, .. } | Target::Channel { channel } => *channel,
+                Target::Interaction { channel, .. } => *channel,
+            };
+            let guild = self.places.channel(channel).and_then(|p| p.guild_id);
+            // The user's name is not stored with the job: the tag stays empty.
+            let caller = self.caller(channel, guild, author, String::new()).await;
+            let followed = Followed {
+                caller: caller.plugin(),
+                request: intake::plugin_request(&job),
+                target,
+            };
+            let watch = self.jobs.watch(row.id.as_str().into());
+            tokio::spawn(self.clone().follow(watch, followed));
         }
     }
 }

@@ -1,30 +1,34 @@
 //! The Discord front end: a twilight gateway shard and HTTP client, Stably Discordant's message
 //! flow run through the policy plugins, the `/art` slash command, and result buttons.
 //!
-//! A message goes access plugin → parser plugin → model-policy plugin → job service; the
-//! reactions plugin decides what the bot shows at every stage (accepted, help, rejected,
-//! queued, dispatched, progress, finished, failed) and this module carries its actions out on
-//! Discord. Jobs are followed through the job service's events; a job's origin
-//! (`discord:<channel>:<message>`) is stored with it, so results of jobs queued before a restart
-//! still reach their message. Rate limits (429 with `retry_after`) are twilight's; a dropped
-//! gateway connection is resumed by the shard.
+//! A message goes access plugin (the intake's admission) → parser plugin → the intake (model
+//! policy, limits, queue); the reactions plugin decides what the bot shows at every stage
+//! (accepted, help, rejected, queued, dispatched, progress, finished, failed) and this module
+//! carries its actions out on Discord. Each queued job is followed through a job watch (it
+//! consumes `Started`, `Progress`, `Finished`, `Failed`, `Interrupted`); a job's origin
+//! (`discord:<channel>:<message>`) is stored with it, so jobs queued before a restart are
+//! followed again at start and still reach their message. Rate limits (429 with
+//! `retry_after`) are twilight's; a dropped gateway connection is resumed by the shard.
 
 mod flow;
 mod places;
 mod slash;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use twilight_gateway::{
     CloseFrame, ConfigBuilder, Event, EventTypeFlags, Intents, Shard, ShardId, StreamExt as _,
 };
 use twilight_model::id::Id;
 use twilight_model::id::marker::{ApplicationMarker, ChannelMarker, UserMarker};
 
-use crate::config::Config;
-use crate::jobs::{JobEvent, JobService};
+use crate::accounts::Accounts;
+use crate::catalog::Catalog;
+use crate::config::{Commands, Config, Threads};
+use crate::intake::Intake;
+use crate::jobs::JobReader;
 use crate::plugins::Registry;
 
 pub use places::{Place, Places};
@@ -49,20 +53,35 @@ struct Me {
 struct Settings {
     announce: bool,
     threads_own: bool,
-    commands: String,
-    pixel_limit: u64,
+    commands: Commands,
+}
+
+/// What the front end works with: the services it calls and the read handles it reads.
+#[derive(Clone, Debug)]
+pub struct Services {
+    /// Where requests become jobs.
+    pub intake: Intake,
+    /// Jobs and images, and following them.
+    pub jobs: JobReader,
+    /// Roles.
+    pub accounts: Arc<Accounts>,
+    /// Models (for autocomplete).
+    pub catalog: Arc<Catalog>,
+    /// The parser and reactions plugins.
+    pub plugins: Arc<Registry>,
 }
 
 /// State shared by the gateway loop and the tasks it starts.
 struct Bot {
     http: twilight_http::Client,
-    jobs: Arc<JobService>,
+    intake: Intake,
+    jobs: JobReader,
+    accounts: Arc<Accounts>,
+    catalog: Arc<Catalog>,
     plugins: Arc<Registry>,
     places: Places,
     me: OnceLock<Me>,
     settings: Settings,
-    /// Jobs this process follows: their event senders.
-    followers: Mutex<HashMap<String, mpsc::UnboundedSender<JobEvent>>>,
     /// Channels that got `I'm here!` since start.
     announced: Mutex<HashSet<Id<ChannelMarker>>>,
 }
@@ -100,12 +119,8 @@ fn proxy_of(api_base: &str) -> Result<(String, bool), DiscordError> {
     }
 }
 
-/// Starts the front end: connects the shard and follows job events.
-pub fn start(
-    config: &Config,
-    jobs: Arc<JobService>,
-    plugins: Arc<Registry>,
-) -> Result<DiscordHandle, DiscordError> {
+/// Starts the front end: connects the shard, and follows the Discord jobs of a previous run.
+pub fn start(config: &Config, services: Services) -> Result<DiscordHandle, DiscordError> {
     // twilight enables no rustls crypto provider itself; easel builds rustls with ring only.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let token = config.auth.discord_token.trim().to_owned();
@@ -128,25 +143,23 @@ pub fn start(
     let shard = Shard::with_config(ShardId::ONE, shard_config.build());
     let bot = Arc::new(Bot {
         http: http.build(),
-        jobs,
-        plugins,
+        intake: services.intake,
+        jobs: services.jobs,
+        accounts: services.accounts,
+        catalog: services.catalog,
+        plugins: services.plugins,
         places: Places::default(),
         me: OnceLock::new(),
         settings: Settings {
             announce: discord.announce,
-            threads_own: discord.threads == "own",
-            commands: discord.commands.clone(),
-            pixel_limit: config.api.image_pixel_limit,
+            threads_own: discord.threads == Threads::Own,
+            commands: discord.commands,
         },
-        followers: Mutex::new(HashMap::new()),
         announced: Mutex::new(HashSet::new()),
     });
     let (stop, stopped) = watch::channel(false);
-    let events = bot.jobs.subscribe();
-    let tasks = vec![
-        tokio::spawn(gateway_loop(bot.clone(), shard, stopped.clone())),
-        tokio::spawn(flow::follow_jobs(bot, events, stopped)),
-    ];
+    tokio::spawn(bot.clone().adopt_unfinished());
+    let tasks = vec![tokio::spawn(gateway_loop(bot, shard, stopped))];
     tracing::info!("Discord front end starting");
     Ok(DiscordHandle { stop, tasks })
 }
@@ -197,7 +210,7 @@ impl Bot {
                 };
                 let _ = self.me.set(me);
                 tracing::info!(user = %ready.user.name, guilds = ready.guilds.len(), "Discord ready");
-                if self.settings.commands == "global" {
+                if self.settings.commands == Commands::Global {
                     let bot = self.clone();
                     tokio::spawn(async move { bot.register_commands(None).await });
                 }
@@ -210,7 +223,7 @@ impl Bot {
                     self.places.add_guild(guild);
                     let (bot, id) = (self.clone(), guild.id);
                     tokio::spawn(async move {
-                        if bot.settings.commands == "guild" {
+                        if bot.settings.commands == Commands::Guild {
                             bot.register_commands(Some(id)).await;
                         }
                         if bot.settings.announce {

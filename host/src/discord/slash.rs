@@ -22,14 +22,12 @@ use twilight_model::id::Id;
 use twilight_model::id::marker::GuildMarker;
 
 use super::Bot;
-use super::flow::{DELETE, REROLL, Target, blocking, user_tag};
-use crate::jobs::Txt2Img;
-use crate::plugins::{Decision, JobRequest};
+use super::flow::{DELETE, REROLL, Target, user_tag};
+use crate::accounts::role::ARCHITECT;
+use crate::plugins::JobRequest;
 
 /// What `/art` is called.
 const NAME: &str = "art";
-/// Navigator's admin role (may delete anyone's result).
-const ARCHITECT: i64 = 3;
 
 fn option(
     kind: CommandOptionType,
@@ -217,24 +215,29 @@ impl Bot {
                         _ => None,
                     })
                     .unwrap_or_default();
-                let models = self.jobs.store().models().await.unwrap_or_default();
+                let models = self.catalog.models().await.unwrap_or_else(|err| {
+                    tracing::warn!(error = %err, "cannot read the model catalog");
+                    Vec::new().into()
+                });
                 let choices = models
-                    .into_iter()
-                    .filter(|(name, friendly, _)| {
-                        name.to_lowercase().contains(&typed)
-                            || friendly
+                    .iter()
+                    .filter(|m| {
+                        m.name.to_lowercase().contains(&typed)
+                            || m.friendly_name
                                 .as_deref()
                                 .is_some_and(|f| f.to_lowercase().contains(&typed))
                     })
                     .take(25)
-                    .map(|(name, friendly, _)| CommandOptionChoice {
-                        name: friendly
-                            .unwrap_or_else(|| name.clone())
+                    .map(|m| CommandOptionChoice {
+                        name: m
+                            .friendly_name
+                            .as_deref()
+                            .unwrap_or(&m.name)
                             .chars()
                             .take(100)
                             .collect(),
                         name_localizations: None,
-                        value: CommandOptionChoiceValue::String(name),
+                        value: CommandOptionChoiceValue::String(m.name.clone()),
                     })
                     .collect();
                 self.respond(
@@ -265,8 +268,6 @@ impl Bot {
                 let caller = self
                     .caller(channel, interaction.guild_id, user.id, user_tag(&user))
                     .await;
-                let plugins = self.plugins.clone();
-                let asked = caller.clone();
                 let client = self.http.interaction(interaction.application_id);
                 let token = interaction.token.clone();
                 let update = |text: String| async move {
@@ -274,11 +275,14 @@ impl Bot {
                         tracing::warn!(error = %err, "cannot update an interaction response");
                     }
                 };
-                if let Decision::Deny(reason) = blocking(move || plugins.check(&asked)).await {
-                    tracing::debug!(reason, "slash command refused by the access plugin");
-                    update("Sorry, you cannot use /art here.".to_owned()).await;
-                    return;
-                }
+                let admitted = match self.intake.admit(caller).await {
+                    Ok(admitted) => admitted,
+                    Err(refusal) => {
+                        tracing::debug!(%refusal, "slash command refused");
+                        update("Sorry, you cannot use /art here.".to_owned()).await;
+                        return;
+                    }
+                };
                 let request = request_of(&data.options);
                 if request.prompt.is_empty() {
                     update("Skipping request with empty prompt.".to_owned()).await;
@@ -292,7 +296,7 @@ impl Bot {
                     created: received,
                 };
                 let prompt = request.prompt.clone();
-                let queued = self.submit(caller, request, Vec::new(), target).await;
+                let queued = self.submit(&admitted, request, Vec::new(), target).await;
                 let text = match queued {
                     Some(job) => format!("Queued `{job}`: {prompt}"),
                     None => format!("Not queued: {prompt}"),
@@ -318,10 +322,7 @@ impl Bot {
         user: &twilight_model::user::User,
         channel: twilight_model::id::Id<twilight_model::id::marker::ChannelMarker>,
     ) {
-        let job = match self.jobs.store().job(job_id).await {
-            Ok(Some(row)) => serde_json::from_str::<Txt2Img>(&row.request).ok(),
-            _ => None,
-        };
+        let job = self.jobs.request(job_id).await.ok().flatten();
         let (Some(job), Some(message)) = (job, interaction.message.as_ref()) else {
             self.respond(
                 interaction,
@@ -334,18 +335,16 @@ impl Bot {
         let caller = self
             .caller(channel, interaction.guild_id, user.id, user_tag(user))
             .await;
-        let plugins = self.plugins.clone();
-        let asked = caller.clone();
-        if blocking(move || plugins.check(&asked)).await != Decision::Allow {
+        let Ok(admitted) = self.intake.admit(caller).await else {
             return;
-        }
-        let mut request = JobRequest::from_txt2img(&job);
+        };
+        let mut request = crate::intake::plugin_request(&job);
         request.seed = i64::from(rand::random::<u32>());
         let target = Target::Message {
             channel: message.channel_id,
             message: message.id,
         };
-        self.submit(caller, request, Vec::new(), target).await;
+        self.submit(&admitted, request, Vec::new(), target).await;
     }
 
     /// Deletes a result message: the requester, a role-3 user or a guild admin only.
@@ -355,7 +354,7 @@ impl Bot {
         job_id: &str,
         user: &twilight_model::user::User,
     ) {
-        let owner = match self.jobs.store().job(job_id).await {
+        let owner = match self.jobs.job(job_id).await {
             Ok(Some(row)) => Some(row.owner_id),
             _ => None,
         };
@@ -367,9 +366,8 @@ impl Bot {
                 p.intersects(Permissions::ADMINISTRATOR | Permissions::MANAGE_MESSAGES)
             });
         let role = self
-            .jobs
-            .store()
-            .user_role(&user.id.to_string())
+            .accounts
+            .stored_role(&user.id.to_string())
             .await
             .ok()
             .flatten()

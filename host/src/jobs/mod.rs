@@ -1,557 +1,601 @@
-//! The job service: the job model, the durable queue and the event stream.
+//! The job service: the job model, the durable queue, the event stream and the backend
+//! contract.
 //!
-//! Front ends (HTTP today; Discord, socket.io and gRPC later) enqueue [`Txt2Img`] requests;
-//! backends (the simulated one today; ZeroMQ workers and Forge later) claim them, report
-//! progress and finish or fail them. Every change goes to the store first, then out as a
-//! [`JobEvent`] on a broadcast channel that any subsystem may subscribe to. Nobody reaches into
-//! another subsystem: this service is the meeting point.
+//! Jobs come in through the intake (the one caller of [`JobService::enqueue`]) and go out
+//! through backends, which claim and settle them only through the [`backend`] contract
+//! ([`BackendPort`], [`Lease`]). Every change goes to the store first, then out as a
+//! [`JobEvent`]: to the watchers of that job ([`JobWatch`], which cannot miss a job's end) and
+//! to every [`Subscription`]. Front ends read jobs and images through a [`JobReader`]; nobody
+//! writes the jobs table but this service.
 //!
-//! A claim is identified by the job id and its attempt number: finishing, failing or requeueing
-//! with a stale attempt changes nothing, so a job can never finish twice. At start, jobs this
-//! host left running (a crash, `kill -9`) go back to the queue.
+//! The state machine: `queued` → `running` (a claim: attempt + 1) → `finished` | `failed` |
+//! `interrupted`, or back to `queued` (requeue, a backend fault below the fault limit, a host
+//! restart). Every change bumps the job's event sequence number in the same statement, and a
+//! claim's changes are fenced on the number its claim returned, so a stale backend changes
+//! nothing and a job cannot finish twice. At start, jobs this host left running (a crash,
+//! `kill -9`) go back to the queue.
+//!
+//! Submissions and results are group-committed ([`writer`]); the queue depth is kept in
+//! memory (recounted from the store every [`RECOUNT`]).
+
+pub mod backend;
+mod events;
+mod model;
+mod writer;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::watch;
 
-use crate::store::{JobRow, JobStatus, NewImage, NewJob, Store, StoreError};
+pub use backend::{
+    Backend, BackendPort, Backends, Capabilities, Expired, Interrupted, Lease, NotStored,
+};
+pub use events::{EventKind, JobEvent, JobWatch, Received, Subscription};
+pub use model::{JobId, Origin, Txt2Img, png_size};
 
-/// A fresh Navigator job id: 8 lowercase hex digits.
-pub fn new_job_id() -> String {
-    format!("{:08x}", rand::random::<u32>())
-}
-
-/// A text-to-image request, normalised (defaults applied) by the front end that took it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Txt2Img {
-    /// Checkpoint name.
-    pub model_name: String,
-    /// What to draw.
-    pub prompt: String,
-    /// What to avoid.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub negative_prompt: Option<String>,
-    /// Pixels.
-    pub width: u32,
-    /// Pixels.
-    pub height: u32,
-    /// Sampling steps.
-    pub steps: u32,
-    /// High-res fix steps (Navigator: `hrf_steps || steps`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hrf_steps: Option<u32>,
-    /// `-1`: random.
-    pub seed: i64,
-    /// Classifier-free guidance.
-    pub cfg_scale: f64,
-    /// Flux distilled CFG.
-    pub distilled_cfg: f64,
-    /// Sampler.
-    pub sampler_name: String,
-    /// Scheduler.
-    pub scheduler_name: String,
-    /// 0 means unset.
-    pub denoising_strength: f64,
-    /// Force the high-res fix.
-    pub force_hr_fix: bool,
-    /// Variation seed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subseed: Option<i64>,
-    /// Variation strength.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subseed_strength: Option<f64>,
-    /// Upscaler for the high-res fix.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upscaler_name: Option<String>,
-    /// FreeU + SAG.
-    pub image_enhancements: bool,
-    /// Extra Forge modules.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub modules: Option<Vec<String>>,
-    /// Image category of the owner.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub category_id: Option<i64>,
-}
-
-/// What happened to a job; broadcast to every subscriber.
-#[derive(Clone, Debug, PartialEq)]
-pub enum JobEvent {
-    /// Stored and waiting.
-    Queued {
-        /// Job id.
-        job_id: String,
-    },
-    /// A backend claimed it.
-    Started {
-        /// Job id.
-        job_id: String,
-        /// Which backend.
-        backend: String,
-        /// 1 for the first try.
-        attempt: i64,
-    },
-    /// A step was done.
-    Progress {
-        /// Job id.
-        job_id: String,
-        /// Steps done.
-        step: u32,
-        /// Steps in all.
-        total: u32,
-    },
-    /// The image is stored.
-    Finished {
-        /// Job id.
-        job_id: String,
-        /// Which backend made it.
-        backend: String,
-    },
-    /// Given up.
-    Failed {
-        /// Job id.
-        job_id: String,
-        /// Why.
-        error: String,
-    },
-    /// Back in the queue after a failed attempt.
-    Requeued {
-        /// Job id.
-        job_id: String,
-        /// Why.
-        reason: String,
-    },
-    /// Stopped or removed on request.
-    Interrupted {
-        /// Job id.
-        job_id: String,
-        /// Whether it was running (else it was still queued).
-        was_running: bool,
-    },
-}
+use crate::store::{ClaimFilter, JobRow, JobStatus, Store, StoreError};
 
 /// A failed job-service operation.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum JobError {
     /// The store failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(Arc<StoreError>),
     /// The request could not be encoded or decoded.
-    #[error("invalid job request: {0}")]
-    Request(#[from] serde_json::Error),
+    #[error("invalid job request")]
+    Request(#[source] serde_json::Error),
+    /// The id is taken by another job.
+    #[error("job id {0} is taken")]
+    DuplicateId(JobId),
     /// The job was interrupted while running.
     #[error("job was interrupted")]
     Interrupted,
 }
 
-impl JobError {
-    /// The id is taken by another job (draw another one).
-    pub fn is_duplicate_id(&self) -> bool {
-        matches!(self, JobError::Store(StoreError::Database(sqlx::Error::Database(db))) if db.is_unique_violation())
+impl From<StoreError> for JobError {
+    fn from(err: StoreError) -> Self {
+        JobError::Store(Arc::new(err))
     }
 }
 
-/// A finished image to record: the claim it answers, whether it came after the claim
-/// expired, and what the backend made.
-#[derive(Clone, Copy, Debug)]
-pub struct JobResult<'a> {
-    /// The claim.
-    pub claim: &'a Claim,
-    /// Arrived after the claim expired: stored only if nobody finished the job meanwhile.
-    pub late: bool,
-    /// Which backend made it.
-    pub backend: &'a str,
-    /// PNG bytes.
-    pub png: &'a [u8],
-    /// Generation info (JSON).
-    pub info: &'a str,
-}
-
-/// A job a backend holds: its row, decoded request and the attempt that identifies the claim.
-#[derive(Clone, Debug)]
-pub struct Claim {
-    /// The stored row at claim time.
-    pub row: JobRow,
-    /// The request.
-    pub request: Txt2Img,
-    /// The claim's attempt number.
-    pub attempt: i64,
-}
-
-impl Claim {
-    /// The job id.
-    pub fn id(&self) -> &str {
-        &self.row.id
+impl From<Arc<StoreError>> for JobError {
+    fn from(err: Arc<StoreError>) -> Self {
+        JobError::Store(err)
     }
 }
 
-/// The meeting point of front ends and backends; cheap to share behind an `Arc`.
-pub struct JobService {
-    store: Arc<Store>,
-    host: String,
-    events: broadcast::Sender<JobEvent>,
-    work: Notify,
-    interrupted: Mutex<HashSet<String>>,
-}
-
-impl std::fmt::Debug for JobService {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobService")
-            .field("host", &self.host)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The size of a PNG, from its header; `None` if the bytes are not a PNG.
-pub fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
-    const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
-    if bytes.len() < 24 || &bytes[..8] != SIGNATURE || &bytes[12..16] != b"IHDR" {
-        return None;
-    }
-    let width = u32::from_be_bytes(bytes[16..20].try_into().ok()?);
-    let height = u32::from_be_bytes(bytes[20..24].try_into().ok()?);
-    (width > 0 && height > 0).then_some((width, height))
-}
+/// How often the in-memory queue depth is recounted from the store (other hosts sharing the
+/// database change it too).
+pub const RECOUNT: Duration = Duration::from_secs(5);
 
 /// How long a backend waits for a wake-up before looking at the store again (jobs queued by
 /// another host sharing the database send no wake-up here).
 const IDLE_RECHECK: Duration = Duration::from_secs(1);
 
-impl JobService {
-    /// A service over `store`; `host` names this process's claims.
-    pub fn new(store: Arc<Store>, host: impl Into<String>) -> Self {
-        let (events, _) = broadcast::channel(1024);
+/// What the job service is configured with.
+#[derive(Clone, Debug)]
+pub struct JobSettings {
+    /// This process's name in claims: jobs it left running are requeued at its next start.
+    pub host: String,
+    /// Backend faults after which a job fails.
+    pub max_faults: u32,
+    /// Capacity of the broadcast channel of [`Subscription`]s.
+    pub event_buffer: usize,
+}
+
+impl JobSettings {
+    /// Defaults for `host`: 2 faults, 1,024 buffered events.
+    pub fn new(host: impl Into<String>) -> Self {
         Self {
-            store,
             host: host.into(),
-            events,
-            work: Notify::new(),
+            max_faults: 2,
+            event_buffer: 1024,
+        }
+    }
+}
+
+/// A job a backend holds: its row, decoded request and the sequence number that fences it.
+#[derive(Clone, Debug)]
+pub(crate) struct Claim {
+    pub row: JobRow,
+    pub id: JobId,
+    pub request: Txt2Img,
+    pub owner: Arc<str>,
+    pub origin: Arc<Origin>,
+}
+
+impl Claim {
+    fn fence(&self) -> i64 {
+        self.row.event_seq
+    }
+}
+
+/// Reads jobs, images and previews for front ends, and follows jobs; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct JobReader {
+    store: Arc<Store>,
+    hub: Arc<events::Hub>,
+}
+
+impl JobReader {
+    /// Follows an existing job from its current state (the first event reports it).
+    pub fn watch(&self, job: JobId) -> JobWatch {
+        self.hub.watch(job, self.clone(), 0)
+    }
+
+    /// Every event of every job.
+    pub fn subscribe(&self) -> Subscription {
+        self.hub.subscribe()
+    }
+
+    /// Jobs that somebody in this process follows.
+    pub fn watched_jobs(&self) -> usize {
+        self.hub.watched()
+    }
+
+    /// One job's row.
+    pub async fn job(&self, id: &str) -> Result<Option<JobRow>, JobError> {
+        Ok(self.store.job(id).await?)
+    }
+
+    /// One job's request, if the job exists and its request is readable.
+    pub async fn request(&self, id: &str) -> Result<Option<Txt2Img>, JobError> {
+        Ok(self
+            .job(id)
+            .await?
+            .and_then(|row| serde_json::from_str(&row.request).ok()))
+    }
+
+    /// The finished picture of a job.
+    pub async fn image_png(&self, id: &str) -> Result<Option<Vec<u8>>, JobError> {
+        Ok(self.store.image_png(id).await?)
+    }
+
+    /// The latest live preview of a running job.
+    pub async fn preview_png(&self, id: &str) -> Result<Option<Vec<u8>>, JobError> {
+        Ok(self.store.preview_png(id).await?)
+    }
+
+    /// Queued and running jobs whose stored origin starts with `prefix`, oldest first.
+    pub async fn unfinished_from(&self, prefix: &str) -> Result<Vec<JobRow>, JobError> {
+        Ok(self.store.unfinished_jobs_from(prefix).await?)
+    }
+}
+
+/// The meeting point of front ends and backends; share it behind an `Arc`.
+pub struct JobService {
+    store: Arc<Store>,
+    settings: JobSettings,
+    hub: Arc<events::Hub>,
+    writers: writer::Writers,
+    /// Bumped whenever a job may have become claimable; backends wait on it.
+    work: watch::Sender<u64>,
+    /// Running jobs asked to stop; their backend learns it at its next progress report.
+    interrupted: Mutex<HashSet<JobId>>,
+    /// Jobs waiting, as this process counts them.
+    queued: AtomicI64,
+}
+
+impl std::fmt::Debug for JobService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobService")
+            .field("host", &self.settings.host)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A request as it is stored.
+fn request_json(request: &Txt2Img) -> Result<String, JobError> {
+    serde_json::to_string(request).map_err(JobError::Request)
+}
+
+impl JobService {
+    /// A service over `store`. Starts its tasks (event hub, writers, queue recount) on the
+    /// current tokio runtime; they stop when the service is dropped.
+    pub fn new(store: Arc<Store>, settings: JobSettings) -> Arc<Self> {
+        let (work, _) = watch::channel(0);
+        let service = Arc::new(Self {
+            hub: Arc::new(events::Hub::start(settings.event_buffer)),
+            writers: writer::Writers::start(store.clone()),
+            store,
+            settings,
+            work,
             interrupted: Mutex::new(HashSet::new()),
+            queued: AtomicI64::new(0),
+        });
+        let weak = Arc::downgrade(&service);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(RECOUNT);
+            loop {
+                every.tick().await;
+                let Some(service) = weak.upgrade() else {
+                    return;
+                };
+                match service.store.count_jobs(JobStatus::Queued).await {
+                    Ok(n) => service.queued.store(n, Ordering::Relaxed),
+                    Err(err) => tracing::debug!(error = %err, "cannot recount the queue"),
+                }
+            }
+        });
+        service
+    }
+
+    /// The name this process claims jobs under.
+    pub fn host(&self) -> &str {
+        &self.settings.host
+    }
+
+    /// A read handle for front ends.
+    pub fn reader(&self) -> JobReader {
+        JobReader {
+            store: self.store.clone(),
+            hub: self.hub.clone(),
         }
     }
 
-    /// The store underneath (for read-only routes).
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// Every event of every job.
+    pub fn subscribe(&self) -> Subscription {
+        self.hub.subscribe()
     }
 
-    /// Subscribes to job events.
-    pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
-        self.events.subscribe()
+    /// Follows an existing job from its current state (the first event reports it).
+    pub fn watch(&self, job: JobId) -> JobWatch {
+        self.reader().watch(job)
     }
 
-    fn emit(&self, event: JobEvent) {
-        // No subscriber is fine: events are a notification, the store is the record.
-        let _ = self.events.send(event);
+    /// Jobs that somebody in this process follows.
+    pub fn watched_jobs(&self) -> usize {
+        self.hub.watched()
+    }
+
+    /// Jobs waiting in the queue (this process's count, recounted every [`RECOUNT`]).
+    pub fn queue_depth(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    fn emit(&self, claim_like: (&JobId, &Arc<str>, &Arc<Origin>), seq: i64, kind: EventKind) {
+        let (job, owner, origin) = claim_like;
+        self.hub.emit(JobEvent {
+            job: job.clone(),
+            seq,
+            owner: owner.clone(),
+            origin: origin.clone(),
+            kind,
+        });
+    }
+
+    fn wake_backends(&self) {
+        self.work.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Requeues what this host left running; call once at start.
     pub async fn recover(&self) -> Result<u64, JobError> {
         let n = self
             .store
-            .requeue_running(&self.host, "host restarted while the job was running")
+            .requeue_running(
+                &self.settings.host,
+                "host restarted while the job was running",
+            )
             .await?;
         if n > 0 {
             tracing::warn!(jobs = n, "requeued jobs left running by a previous run");
-            self.work.notify_one();
         }
+        let queued = self.store.count_jobs(JobStatus::Queued).await?;
+        self.queued.store(queued, Ordering::Relaxed);
+        self.wake_backends();
         Ok(n)
     }
 
-    /// Stores a new job and returns once it is durable.
-    pub async fn enqueue(
+    /// Stores a new job under `id` and returns once it is durable; optionally follows it
+    /// (the watcher is registered before the job can be claimed, so it misses nothing).
+    /// Only the intake calls this (and benchmarks of the queue itself).
+    pub(crate) async fn enqueue(
         &self,
-        id: &str,
-        owner_id: &str,
-        origin: Option<&str>,
+        id: &JobId,
+        owner: &str,
+        origin: &Origin,
         request: &Txt2Img,
-    ) -> Result<(), JobError> {
-        let json = serde_json::to_string(request)?;
-        self.store
-            .insert_job(&NewJob {
-                id,
-                kind: "txt2img",
-                request: &json,
-                owner_id,
-                origin,
+        follow: bool,
+    ) -> Result<Option<JobWatch>, JobError> {
+        let json = request_json(request)?;
+        let watch = follow.then(|| self.hub.watch(id.clone(), self.reader(), 0));
+        let inserted = self
+            .writers
+            .insert(writer::Insert {
+                id: id.to_string(),
+                request: json,
+                owner: owner.to_owned(),
+                origin: origin.to_stored(),
+                model: request.model_name.clone(),
+                pixels: i64::try_from(request.pixels()).unwrap_or(i64::MAX),
             })
             .await?;
-        tracing::info!(job_id = id, owner = owner_id, "job queued");
-        self.emit(JobEvent::Queued {
-            job_id: id.to_owned(),
-        });
-        self.work.notify_one();
-        Ok(())
+        if !inserted {
+            return Err(JobError::DuplicateId(id.clone()));
+        }
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(job_id = %id, owner, "job queued");
+        let (owner, origin) = (Arc::from(owner), Arc::new(origin.clone()));
+        self.emit((id, &owner, &origin), 1, EventKind::Queued);
+        self.wake_backends();
+        Ok(watch)
     }
 
-    /// Stores a new job under a fresh id (8 lowercase hex digits, as Navigator makes them) and
-    /// returns the id once the job is durable. A random id that collides with an old job is
-    /// drawn again.
-    pub async fn enqueue_new(
+    /// [`JobService::enqueue`] under a fresh random id; an id that collides with an old job
+    /// is drawn again.
+    pub(crate) async fn enqueue_new(
         &self,
-        owner_id: &str,
-        origin: Option<&str>,
+        owner: &str,
+        origin: &Origin,
         request: &Txt2Img,
-    ) -> Result<String, JobError> {
+        follow: bool,
+    ) -> Result<(JobId, Option<JobWatch>), JobError> {
         let mut tries = 0;
         loop {
-            let id = new_job_id();
-            match self.enqueue(&id, owner_id, origin, request).await {
-                Ok(()) => return Ok(id),
-                Err(err) if err.is_duplicate_id() && tries < 5 => tries += 1,
+            let id = JobId::random();
+            match self.enqueue(&id, owner, origin, request, follow).await {
+                Ok(watch) => return Ok((id, watch)),
+                Err(JobError::DuplicateId(_)) if tries < 5 => tries += 1,
                 Err(err) => return Err(err),
             }
         }
     }
 
-    /// Claims the oldest queued job for `backend`, if any.
-    pub async fn claim(&self, backend: &str) -> Result<Option<Claim>, JobError> {
-        Ok(self.claim_many(backend, 1).await?.pop())
-    }
-
-    /// Claims up to `limit` queued jobs for `backend` in one go, oldest first.
-    pub async fn claim_many(&self, backend: &str, limit: usize) -> Result<Vec<Claim>, JobError> {
-        let rows = self.store.claim_jobs(&self.host, backend, limit).await?;
+    /// Claims up to `limit` of the oldest queued jobs that `filter` allows, for `backend`.
+    async fn claim_many(
+        &self,
+        backend: &Arc<str>,
+        filter: ClaimFilter<'_>,
+        limit: usize,
+    ) -> Result<Vec<Claim>, JobError> {
+        let rows = self
+            .store
+            .claim_jobs(&self.settings.host, backend, filter, limit)
+            .await?;
+        self.queued.fetch_sub(rows.len() as i64, Ordering::Relaxed);
         let mut claims = Vec::with_capacity(rows.len());
         for row in rows {
-            let attempt = row.attempts;
+            let id = JobId::from(row.id.as_str());
+            let owner: Arc<str> = Arc::from(row.owner_id.as_str());
+            let origin = Arc::new(Origin::parse(row.origin.as_deref()));
             let request = match serde_json::from_str(&row.request) {
                 Ok(request) => request,
                 Err(err) => {
                     // A row this build cannot read: fail it rather than loop on it forever.
                     let error = format!("stored request is unreadable: {err}");
-                    self.store
-                        .end_attempt(&row.id, attempt, JobStatus::Failed, &error)
-                        .await?;
-                    self.emit(JobEvent::Failed {
-                        job_id: row.id.clone(),
-                        error,
-                    });
+                    if self
+                        .store
+                        .end_attempt(&row.id, row.event_seq, JobStatus::Failed, &error)
+                        .await?
+                    {
+                        self.emit(
+                            (&id, &owner, &origin),
+                            row.event_seq + 1,
+                            EventKind::Failed { error },
+                        );
+                    }
                     continue;
                 }
             };
-            tracing::info!(job_id = %row.id, backend, attempt, "job started");
-            self.emit(JobEvent::Started {
-                job_id: row.id.clone(),
-                backend: backend.to_owned(),
-                attempt,
-            });
+            tracing::info!(job_id = %id, %backend, attempt = row.attempts, "job started");
+            self.emit(
+                (&id, &owner, &origin),
+                row.event_seq,
+                EventKind::Started {
+                    backend: backend.clone(),
+                    attempt: row.attempts,
+                },
+            );
             claims.push(Claim {
                 row,
+                id,
                 request,
-                attempt,
+                owner,
+                origin,
             });
         }
         Ok(claims)
     }
 
-    /// Waits until a job may be available (a wake-up, or the periodic recheck).
-    pub async fn wait_for_work(&self) {
-        let _ = tokio::time::timeout(IDLE_RECHECK, self.work.notified()).await;
+    /// A receiver that changes whenever a job may have become claimable.
+    fn work(&self) -> watch::Receiver<u64> {
+        self.work.subscribe()
     }
 
     /// Reports progress; `Err(Interrupted)` tells the backend to stop.
-    pub fn progress(&self, claim: &Claim, step: u32, total: u32) -> Result<(), JobError> {
-        if self.take_interrupt(claim.id()) {
+    fn progress(
+        &self,
+        claim: &Claim,
+        step: u32,
+        total: u32,
+        preview: bool,
+    ) -> Result<(), JobError> {
+        if self.take_interrupt(&claim.id) {
             return Err(JobError::Interrupted);
         }
-        self.emit(JobEvent::Progress {
-            job_id: claim.id().to_owned(),
-            step,
-            total,
-        });
+        self.emit(
+            (&claim.id, &claim.owner, &claim.origin),
+            claim.fence(),
+            EventKind::Progress {
+                step,
+                total,
+                preview,
+            },
+        );
         Ok(())
     }
 
     /// Whether `id` was interrupted while running; clears the mark.
-    fn take_interrupt(&self, id: &str) -> bool {
+    fn take_interrupt(&self, id: &JobId) -> bool {
         self.interrupted
             .lock()
             .expect("interrupt set poisoned")
             .remove(id)
     }
 
-    /// Stores the image and marks the job finished. Returns false when the claim was stale
-    /// (the job was requeued, interrupted or finished elsewhere): nothing is written then.
-    pub async fn finish(
+    /// Stores a result: for the current claim (`late` false), or for a claim that expired
+    /// (`late`: accepted if nobody finished the job yet). False when nothing was written.
+    async fn finish(
         &self,
         claim: &Claim,
+        late: bool,
         backend: &str,
-        png: &[u8],
-        info: &str,
+        png: Vec<u8>,
+        info: String,
     ) -> Result<bool, JobError> {
-        self.take_interrupt(claim.id());
-        self.store_result(claim, Some(claim.attempt), backend, png, info)
-            .await
-    }
-
-    /// A result that arrived after its claim expired: accepted if nobody finished the job yet
-    /// (it may be queued again or running elsewhere), dropped otherwise.
-    pub async fn finish_late(
-        &self,
-        claim: &Claim,
-        backend: &str,
-        png: &[u8],
-        info: &str,
-    ) -> Result<bool, JobError> {
-        self.store_result(claim, None, backend, png, info).await
-    }
-
-    async fn store_result(
-        &self,
-        claim: &Claim,
-        attempt: Option<i64>,
-        backend: &str,
-        png: &[u8],
-        info: &str,
-    ) -> Result<bool, JobError> {
-        let result = JobResult {
-            claim,
-            late: attempt.is_none(),
-            backend,
-            png,
-            info,
-        };
-        Ok(self.finish_many(&[result]).await?[0])
-    }
-
-    /// Stores several results in one transaction (see [`JobService::finish`] and
-    /// [`JobService::finish_late`]); one flag per result, in order.
-    pub async fn finish_many(&self, results: &[JobResult<'_>]) -> Result<Vec<bool>, JobError> {
-        let items: Vec<_> = results
-            .iter()
-            .map(|r| {
-                // The stored size is the picture's own (a seed worker draws at its model's size).
-                let (width, height) =
-                    png_size(r.png).unwrap_or((r.claim.request.width, r.claim.request.height));
-                let image = NewImage {
-                    png: r.png,
-                    info: r.info,
-                    width,
-                    height,
-                    category_id: r.claim.request.category_id,
-                };
-                (r.claim.id(), (!r.late).then_some(r.claim.attempt), image)
+        self.take_interrupt(&claim.id);
+        // The stored size is the picture's own (a seed worker draws at its model's size).
+        let (width, height) = png_size(&png).unwrap_or((claim.request.width, claim.request.height));
+        let seq = self
+            .writers
+            .finish(writer::Finish {
+                id: claim.id.to_string(),
+                fence: (!late).then(|| claim.fence()),
+                backend: backend.to_owned(),
+                png,
+                info,
+                width,
+                height,
+                category_id: claim.request.category_id,
             })
-            .collect();
-        let done = self.store.finish_jobs(&items).await?;
-        for (result, done) in results.iter().zip(&done) {
-            let (id, backend) = (result.claim.id(), result.backend);
-            if *done {
-                tracing::info!(job_id = id, backend, late = result.late, "job finished");
-                self.emit(JobEvent::Finished {
-                    job_id: id.to_owned(),
-                    backend: backend.to_owned(),
-                });
-            } else {
-                tracing::info!(job_id = id, backend, "stale result dropped");
-            }
-        }
-        Ok(done)
+            .await?;
+        let Some(seq) = seq else {
+            tracing::info!(job_id = %claim.id, backend, "stale result dropped");
+            return Ok(false);
+        };
+        tracing::info!(job_id = %claim.id, backend, late, "job finished");
+        self.emit(
+            (&claim.id, &claim.owner, &claim.origin),
+            seq,
+            EventKind::Finished {
+                backend: Arc::from(backend),
+            },
+        );
+        Ok(true)
     }
 
-    /// A worker fault (deadline passed, worker lost): the job is requeued, or fails once it has
-    /// had `max_faults` faults. Returns the job's new status (`None`: the claim was stale).
-    pub async fn fault(
-        &self,
-        claim: &Claim,
-        max_faults: u32,
-        reason: &str,
-    ) -> Result<Option<JobStatus>, JobError> {
-        self.take_interrupt(claim.id());
+    /// A backend fault (deadline passed, worker lost): the job is requeued, or fails once it
+    /// has had `max_faults` faults. Returns the job's new status (`None`: the claim was stale).
+    async fn fault(&self, claim: &Claim, reason: &str) -> Result<Option<JobStatus>, JobError> {
+        self.take_interrupt(&claim.id);
+        let max_faults = self.settings.max_faults;
         let status = self
             .store
-            .fault_job(claim.id(), claim.attempt, i64::from(max_faults), reason)
+            .fault_job(
+                claim.id.as_str(),
+                claim.fence(),
+                i64::from(max_faults),
+                reason,
+            )
             .await?;
+        let who = (&claim.id, &claim.owner, &claim.origin);
+        let seq = claim.fence() + 1;
         match status {
             Some(JobStatus::Failed) => {
                 let error = format!("gave up after {max_faults} worker faults; last: {reason}");
-                tracing::warn!(job_id = claim.id(), error, "job failed");
-                self.emit(JobEvent::Failed {
-                    job_id: claim.id().to_owned(),
-                    error,
-                });
+                tracing::warn!(job_id = %claim.id, error, "job failed");
+                self.emit(who, seq, EventKind::Failed { error });
             }
             Some(_) => {
-                tracing::warn!(
-                    job_id = claim.id(),
-                    reason,
-                    "job requeued after a worker fault"
+                tracing::warn!(job_id = %claim.id, reason, "job requeued after a worker fault");
+                self.queued.fetch_add(1, Ordering::Relaxed);
+                self.emit(
+                    who,
+                    seq,
+                    EventKind::Requeued {
+                        reason: reason.to_owned(),
+                    },
                 );
-                self.emit(JobEvent::Requeued {
-                    job_id: claim.id().to_owned(),
-                    reason: reason.to_owned(),
-                });
-                self.work.notify_one();
+                self.wake_backends();
             }
             None => {}
         }
         Ok(status)
     }
 
-    /// Fails the job for good.
-    pub async fn fail(&self, claim: &Claim, error: &str) -> Result<bool, JobError> {
-        self.end(claim, JobStatus::Failed, error).await
-    }
-
-    /// Puts the job back in the queue (its backend went away before it could run it).
-    pub async fn requeue(&self, claim: &Claim, reason: &str) -> Result<bool, JobError> {
-        self.end(claim, JobStatus::Queued, reason).await
-    }
-
     /// Ends the claim with `status` (failed, or queued again) and says so.
     async fn end(&self, claim: &Claim, status: JobStatus, why: &str) -> Result<bool, JobError> {
-        self.take_interrupt(claim.id());
+        self.take_interrupt(&claim.id);
         let done = self
             .store
-            .end_attempt(claim.id(), claim.attempt, status, why)
+            .end_attempt(claim.id.as_str(), claim.fence(), status, why)
             .await?;
         if !done {
             return Ok(false);
         }
-        let job_id = claim.id().to_owned();
+        let who = (&claim.id, &claim.owner, &claim.origin);
+        let seq = claim.fence() + 1;
         if status == JobStatus::Queued {
-            tracing::warn!(job_id, reason = why, "job requeued");
-            self.emit(JobEvent::Requeued {
-                job_id,
-                reason: why.to_owned(),
-            });
-            self.work.notify_one();
+            tracing::warn!(job_id = %claim.id, reason = why, "job requeued");
+            self.queued.fetch_add(1, Ordering::Relaxed);
+            self.emit(
+                who,
+                seq,
+                EventKind::Requeued {
+                    reason: why.to_owned(),
+                },
+            );
+            self.wake_backends();
         } else {
-            tracing::warn!(job_id, error = why, "job failed");
-            self.emit(JobEvent::Failed {
-                job_id,
-                error: why.to_owned(),
-            });
+            tracing::warn!(job_id = %claim.id, error = why, "job failed");
+            self.emit(
+                who,
+                seq,
+                EventKind::Failed {
+                    error: why.to_owned(),
+                },
+            );
         }
         Ok(true)
+    }
+
+    /// Stores a live preview of a running job.
+    async fn set_preview(&self, claim: &Claim, png: &[u8]) -> Result<bool, JobError> {
+        Ok(self
+            .store
+            .set_preview(claim.id.as_str(), claim.fence(), png)
+            .await?)
     }
 
     /// Interrupts a queued (removed from the queue) or running (its backend is told at its
     /// next progress report) job. `None` if the job is neither.
     pub async fn interrupt(&self, id: &str) -> Result<Option<JobStatus>, JobError> {
-        let before = self.store.interrupt_job(id).await?;
-        if let Some(status) = before {
-            let was_running = status == JobStatus::Running;
-            if was_running {
-                self.interrupted
-                    .lock()
-                    .expect("interrupt set poisoned")
-                    .insert(id.to_owned());
-            }
-            tracing::info!(job_id = id, was_running, "job interrupted");
-            self.emit(JobEvent::Interrupted {
-                job_id: id.to_owned(),
-                was_running,
-            });
+        let Some(before) = self.store.interrupt_job(id).await? else {
+            return Ok(None);
+        };
+        let status = before.status();
+        let was_running = status == JobStatus::Running;
+        let id = JobId::from(id);
+        if was_running {
+            self.interrupted
+                .lock()
+                .expect("interrupt set poisoned")
+                .insert(id.clone());
+        } else {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
         }
-        Ok(before)
+        tracing::info!(job_id = %id, was_running, "job interrupted");
+        let owner: Arc<str> = Arc::from(before.owner_id.as_str());
+        let origin = Arc::new(Origin::parse(before.origin.as_deref()));
+        self.emit(
+            (&id, &owner, &origin),
+            before.event_seq + 1,
+            EventKind::Interrupted { was_running },
+        );
+        Ok(Some(status))
     }
 
-    /// Number of jobs waiting.
-    pub async fn queued(&self) -> Result<i64, JobError> {
-        Ok(self.store.count_jobs(JobStatus::Queued).await?)
+    /// Puts this host's running jobs back in the queue (at a clean stop).
+    pub async fn requeue_running(&self, reason: &str) -> Result<u64, JobError> {
+        let n = self
+            .store
+            .requeue_running(&self.settings.host, reason)
+            .await?;
+        self.queued.fetch_add(n as i64, Ordering::Relaxed);
+        Ok(n)
     }
 }

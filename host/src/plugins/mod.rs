@@ -29,10 +29,14 @@ mod json;
 mod registry;
 mod settings;
 
+pub use crate::config::FailurePolicy;
 pub use cache::Cache;
 pub use json::{CallError, call_json, example_caller, example_request};
-pub use registry::{PARSER_UNAVAILABLE, POLICY_UNAVAILABLE, PluginStatus, Registry, watch_files};
-pub use settings::{FailurePolicy, ON_FAILURE, PluginConfig, PluginSettings, Role};
+pub use registry::{
+    AdmissionStatus, FileWatch, PARSER_UNAVAILABLE, POLICY_UNAVAILABLE, PluginStatus, Registry,
+    watch_file, watch_files,
+};
+pub use settings::{PluginConfig, PluginSettings, Role};
 
 /// Bindings of `easel:plugin@0.1.0`, the one WIT version this build serves. A later version
 /// gets its own module beside this one, and [`WitVersion`] a case, so plugins built against
@@ -71,53 +75,6 @@ impl JobRequest {
             extra: Vec::new(),
         }
     }
-
-    /// The plugin view of a queued txt2img request.
-    pub fn from_txt2img(job: &crate::jobs::Txt2Img) -> Self {
-        Self {
-            prompt: job.prompt.clone(),
-            negative_prompt: job.negative_prompt.clone().unwrap_or_default(),
-            cfg: job.cfg_scale,
-            steps: job.steps,
-            width: job.width,
-            height: job.height,
-            seed: job.seed,
-            model: job.model_name.clone(),
-            sampler: job.sampler_name.clone(),
-            extra: Vec::new(),
-        }
-    }
-
-    /// Writes what a plugin may change back into `job`.
-    pub fn apply_to(&self, job: &mut crate::jobs::Txt2Img) {
-        job.prompt.clone_from(&self.prompt);
-        if job.negative_prompt.is_some() || !self.negative_prompt.is_empty() {
-            job.negative_prompt = Some(self.negative_prompt.clone());
-        }
-        job.cfg_scale = self.cfg;
-        job.steps = self.steps;
-        // A policy's step cap holds for the hires pass too.
-        job.hrf_steps = job.hrf_steps.map(|h| h.min(self.steps));
-        job.width = self.width;
-        job.height = self.height;
-        job.seed = self.seed;
-        job.model_name.clone_from(&self.model);
-        job.sampler_name.clone_from(&self.sampler);
-    }
-}
-
-/// The store's model catalog, as the model-policy plugin receives it.
-pub async fn catalog(store: &crate::store::Store) -> Result<Vec<Model>, crate::store::StoreError> {
-    Ok(store
-        .models()
-        .await?
-        .into_iter()
-        .map(|(name, friendly_name, restricted)| Model {
-            name,
-            friendly_name,
-            restricted,
-        })
-        .collect())
 }
 
 /// WIT package versions this build serves.
@@ -146,9 +103,13 @@ pub struct Limits {
     pub deadline: Duration,
     /// Linear memory a call may grow to, in bytes.
     pub memory: usize,
-    /// Calls that may run at once (pool slots).
+    /// Calls that may run at once: the instances of the pool a call waits for.
     pub instances: u32,
 }
+
+/// Pool slots beyond `instances`, for what instantiates outside the call admission: loading
+/// and type-checking a plugin, tools.
+const LOAD_HEADROOM: u32 = 4;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -167,7 +128,7 @@ impl Limits {
             deadline: Duration::from_millis(config.deadline_ms),
             memory: usize::try_from(config.memory_mib.saturating_mul(1 << 20))
                 .unwrap_or(usize::MAX),
-            ..Self::default()
+            instances: config.instances,
         }
     }
 }
@@ -201,7 +162,15 @@ pub enum PluginError {
         /// wasmtime's explanation.
         message: String,
     },
-    /// The call trapped, ran out of time or memory.
+    /// The call ran past its deadline and was stopped.
+    #[error("plugin {name} failed: deadline of {deadline:?} exceeded")]
+    Deadline {
+        /// Plugin name.
+        name: String,
+        /// The deadline.
+        deadline: Duration,
+    },
+    /// The call trapped or ran out of memory.
     #[error("plugin {name} failed: {message}")]
     Call {
         /// Plugin name.
@@ -261,11 +230,14 @@ fn engine_config(limits: &Limits, pooling: bool) -> Config {
     config.guard_before_linear_memory(false);
     config.signals_based_traps(false);
     if pooling {
+        // Every call holds an admission permit ([`Registry`]), so no more than `instances`
+        // calls instantiate at once; the headroom is for loads and tools.
+        let slots = limits.instances + LOAD_HEADROOM;
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(limits.instances)
-            .total_core_instances(limits.instances * 4)
-            .total_memories(limits.instances * 2)
-            .total_tables(limits.instances * 4)
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * 4)
+            .total_memories(slots * 2)
+            .total_tables(slots * 4)
             .max_memory_size(limits.memory)
             // A fresh instance per call: keep the pages a call touched resident and reset only
             // those (found with the PAGEMAP_SCAN ioctl where the kernel has it) instead of
@@ -594,17 +566,15 @@ impl Plugin {
         config: &Arc<Vec<(String, String)>>,
         f: impl FnOnce(&Indices, &mut Store<CallState>, &Instance) -> Option<wasmtime::Result<R>>,
     ) -> Result<R, PluginError> {
-        let fail = |err: wasmtime::Error| {
-            let message = match err.downcast_ref::<wasmtime::Trap>() {
-                Some(wasmtime::Trap::Interrupt) => {
-                    format!("deadline of {:?} exceeded", self.runtime.limits.deadline)
-                }
-                _ => one_line(&err),
-            };
-            PluginError::Call {
+        let fail = |err: wasmtime::Error| match err.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => PluginError::Deadline {
                 name: self.name.to_string(),
-                message,
-            }
+                deadline: self.runtime.limits.deadline,
+            },
+            _ => PluginError::Call {
+                name: self.name.to_string(),
+                message: one_line(&err),
+            },
         };
         let mut store = self.runtime.store(&self.name, config);
         let instance = self.pre.instantiate(&mut store).map_err(fail)?;

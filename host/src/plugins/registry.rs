@@ -10,6 +10,11 @@
 //! the error is logged and kept for `list`. A deleted file keeps its last good version serving,
 //! marked as such. Role assignments and plugin settings are swapped the same way when the
 //! configuration changes.
+//!
+//! Calls are admitted by a semaphore with one permit per instance of the pool
+//! (`[plugins] instances`): a busy pool makes callers wait (at most their deadline), it is
+//! never a plugin failure and never exhausts the pool under the built-in fallback. Admitted
+//! calls run on tokio's blocking threads, at most `instances` of them.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -62,8 +67,10 @@ pub struct PluginStatus {
     pub reloads: u64,
     /// When the serving version was loaded (seconds since the Unix epoch).
     pub last_reload: Option<f64>,
-    /// Calls that failed (trap, deadline, memory) since the server started.
+    /// Calls that failed (trap, memory) since the server started.
     pub failed_calls: u64,
+    /// Calls stopped at their deadline since the server started.
+    pub deadline_overruns: u64,
 }
 
 #[derive(Clone)]
@@ -71,6 +78,7 @@ struct Entry {
     plugin: Option<Plugin>,
     status: PluginStatus,
     failed_calls: Arc<AtomicU64>,
+    deadline_overruns: Arc<AtomicU64>,
 }
 
 /// The plugins of one directory, and the roles they serve.
@@ -83,6 +91,9 @@ pub struct Registry {
     update: Mutex<()>,
     /// The embedded default plugin of each role, compiled when first needed.
     builtins: [OnceLock<Result<Plugin, String>>; 4],
+    /// One permit per instance of the pool: a call holds one while it runs.
+    admission: Arc<tokio::sync::Semaphore>,
+    admission_stats: AdmissionStats,
 }
 
 impl std::fmt::Debug for Registry {
@@ -109,7 +120,10 @@ impl Registry {
     /// Loads every `.wasm` in `dir` (failures are recorded, not fatal). A missing directory
     /// leaves the built-in plugins serving every role.
     pub fn open(runtime: Arc<Runtime>, dir: &Path, settings: PluginSettings) -> Arc<Self> {
+        let instances = runtime.limits().instances as usize;
         let registry = Arc::new(Self {
+            admission: Arc::new(tokio::sync::Semaphore::new(instances)),
+            admission_stats: AdmissionStats::default(),
             runtime,
             dir: dir.to_owned(),
             settings: ArcSwap::from_pointee(settings),
@@ -185,6 +199,7 @@ impl Registry {
                     .map(|r| r.to_string())
                     .collect();
                 status.failed_calls = e.failed_calls.load(Ordering::Relaxed);
+                status.deadline_overruns = e.deadline_overruns.load(Ordering::Relaxed);
                 status
             })
             .collect();
@@ -200,12 +215,7 @@ impl Registry {
         Role::ALL
             .into_iter()
             .map(|role| {
-                let name = settings.plugin_for(role).to_owned();
-                let policy = if name.is_empty() {
-                    FailurePolicy::Builtin
-                } else {
-                    settings.on_failure(&name)
-                };
+                let (name, policy) = self.policy_for(&settings, role);
                 let serving = match self.plugin(&name) {
                     Some(p) if p.serves(role) => "plugin",
                     _ if policy == FailurePolicy::Builtin => "builtin",
@@ -259,9 +269,14 @@ impl Registry {
                                 .as_secs_f64(),
                         ),
                         failed_calls: 0,
+                        deadline_overruns: 0,
                     },
                     plugin: Some(plugin),
-                    failed_calls: previous.map(|p| p.failed_calls).unwrap_or_default(),
+                    failed_calls: previous
+                        .as_ref()
+                        .map(|p| p.failed_calls.clone())
+                        .unwrap_or_default(),
+                    deadline_overruns: previous.map(|p| p.deadline_overruns).unwrap_or_default(),
                 }
             }
             (Err(err), Some(mut previous)) => {
@@ -290,8 +305,10 @@ impl Registry {
                         reloads: 0,
                         last_reload: None,
                         failed_calls: 0,
+                        deadline_overruns: 0,
                     },
                     failed_calls: Arc::default(),
+                    deadline_overruns: Arc::default(),
                 }
             }
         };
@@ -315,109 +332,410 @@ impl Registry {
         )
     }
 
-    /// Calls the plugin serving `role`; on failure applies its policy: `closed(reason)`,
-    /// `open()`, or the built-in plugin (then `closed` if that fails too).
-    fn serve<R>(
-        &self,
-        role: Role,
-        call: impl Fn(&Plugin, &PluginConfig) -> Result<R, PluginError>,
-        closed: impl FnOnce() -> R,
-        open: impl FnOnce() -> R,
-    ) -> R {
-        let settings = self.settings.load();
+    /// The failure policy of the plugin serving `role` (`""`: the built-in, so `builtin`).
+    fn policy_for(&self, settings: &PluginSettings, role: Role) -> (String, FailurePolicy) {
         let name = settings.plugin_for(role);
         let policy = if name.is_empty() {
             FailurePolicy::Builtin
         } else {
+            settings.on_failure(name)
+        };
+        (name.to_owned(), policy)
+    }
+
+    /// Runs `call` with the plugin serving its role; on failure applies the plugin's policy:
+    /// the closed or the open answer, or the built-in plugin's (then the closed answer if that
+    /// fails too). The caller holds an instance of the pool for the whole of it.
+    fn serve(&self, call: &Call) -> Answer {
+        let role = call.role();
+        let settings = self.settings.load();
+        let (name, policy) = self.policy_for(&settings, role);
+        if !name.is_empty() {
             let entries = self.entries.load();
-            let entry = entries.get(name);
+            let entry = entries.get(&name);
             match entry.and_then(|e| e.plugin.as_ref()) {
-                Some(plugin) => match call(plugin, &settings.config_for(name)) {
+                Some(plugin) => match call.run(plugin, &settings.config_for(&name)) {
                     Ok(answer) => return answer,
                     Err(err) => {
                         if let Some(e) = entry {
-                            e.failed_calls.fetch_add(1, Ordering::Relaxed);
+                            let counter = match err {
+                                PluginError::Deadline { .. } => &e.deadline_overruns,
+                                _ => &e.failed_calls,
+                            };
+                            counter.fetch_add(1, Ordering::Relaxed);
                         }
-                        let policy = settings.on_failure(name);
-                        tracing::warn!(plugin = name, role = %role, error = %err, on_failure = policy.as_str(), "plugin call failed");
-                        policy
+                        tracing::warn!(plugin = %name, role = %role, error = %err, on_failure = policy.as_str(), "plugin call failed");
                     }
                 },
                 None => {
-                    let policy = settings.on_failure(name);
-                    tracing::debug!(plugin = name, role = %role, on_failure = policy.as_str(), "no plugin of that name is loaded");
-                    policy
+                    tracing::debug!(plugin = %name, role = %role, on_failure = policy.as_str(), "no plugin of that name is loaded");
                 }
             }
-        };
+        }
+        self.fall_back(call, policy, &settings)
+    }
+
+    /// The answer of `policy` for a call its plugin could not give.
+    fn fall_back(&self, call: &Call, policy: FailurePolicy, settings: &PluginSettings) -> Answer {
+        let role = call.role();
         match policy {
-            FailurePolicy::FailClosed => closed(),
-            FailurePolicy::FailOpen => open(),
+            FailurePolicy::FailClosed => call.closed(),
+            FailurePolicy::FailOpen => call.open(),
             FailurePolicy::Builtin => {
                 let answer = self.builtin(role).and_then(|p| {
-                    call(&p, &settings.config_for(role.as_str())).map_err(|e| e.to_string())
+                    call.run(&p, &settings.config_for(role.as_str()))
+                        .map_err(|e| e.to_string())
                 });
                 match answer {
                     Ok(answer) => answer,
                     Err(err) => {
                         tracing::error!(role = %role, error = %err, "the built-in plugin failed too; refusing");
-                        closed()
+                        call.closed()
                     }
                 }
             }
         }
     }
 
+    /// Asks the plugin of `call`'s role, off the async threads, once an instance of the pool
+    /// is free. A caller that waits longer than the deadline gets the answer of a call that
+    /// ran past it — the closed or open answer at once, or the built-in plugin's once an
+    /// instance frees up — counted as an admission timeout, never as a plugin failure.
+    async fn ask(self: &Arc<Self>, call: Call) -> Answer {
+        let permit = match self.admission.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let waited = Instant::now();
+                let admitted = tokio::time::timeout(
+                    self.runtime.limits().deadline,
+                    self.admission.clone().acquire_owned(),
+                )
+                .await;
+                self.admission_stats.waited(waited.elapsed());
+                match admitted {
+                    Ok(permit) => permit.expect("the admission semaphore is never closed"),
+                    Err(_) => {
+                        self.admission_stats
+                            .timeouts
+                            .fetch_add(1, Ordering::Relaxed);
+                        let settings = self.settings.load_full();
+                        let (name, policy) = self.policy_for(&settings, call.role());
+                        tracing::warn!(plugin = %name, role = %call.role(), on_failure = policy.as_str(), "no plugin instance free within the deadline");
+                        if policy != FailurePolicy::Builtin {
+                            return self.fall_back(&call, policy, &settings);
+                        }
+                        let permit = self
+                            .admission
+                            .clone()
+                            .acquire_owned()
+                            .await
+                            .expect("the admission semaphore is never closed");
+                        let this = self.clone();
+                        return tokio::task::spawn_blocking(move || {
+                            let _permit = permit;
+                            this.fall_back(&call, policy, &settings)
+                        })
+                        .await
+                        .expect("plugin calls do not panic");
+                    }
+                }
+            }
+        };
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            this.serve(&call)
+        })
+        .await
+        .expect("plugin calls do not panic")
+    }
+
+    /// [`Registry::serve`] from a thread that may block (tools, tests, benchmarks): waits for
+    /// an instance as long as it takes.
+    fn ask_blocking(&self, call: Call) -> Answer {
+        let _permit = block_on(self.admission.acquire()).expect("never closed");
+        self.serve(&call)
+    }
+
     /// The parser role: what to do with a chat message.
-    pub fn parse(&self, content: &str, caller: &Caller) -> Outcome {
-        self.serve(
-            Role::Parser,
-            |p, config| p.parse(config, content, caller),
-            || Outcome::Error(PARSER_UNAVAILABLE.to_owned()),
-            || Outcome::Ignore,
-        )
+    pub async fn parse(self: &Arc<Self>, content: String, caller: Caller) -> Outcome {
+        self.ask(Call::Parse { content, caller }).await.outcome()
     }
 
     /// The access role: may this caller use the bot here?
-    pub fn check(&self, caller: &Caller) -> Decision {
-        self.serve(
-            Role::Access,
-            |p, config| p.check(config, caller),
-            || Decision::Deny("the access plugin failed (fail-closed)".to_owned()),
-            || Decision::Allow,
-        )
+    pub async fn check(self: &Arc<Self>, caller: Caller) -> Decision {
+        self.ask(Call::Check { caller }).await.decision()
     }
 
     /// The reactions role: what to show at `stage`. A failure shows nothing.
-    pub fn on_stage(
+    pub async fn on_stage(
+        self: &Arc<Self>,
+        stage: Stage,
+        caller: Caller,
+        request: Option<JobRequest>,
+        info: String,
+    ) -> Vec<Action> {
+        self.ask(Call::OnStage {
+            stage,
+            caller,
+            request,
+            info,
+        })
+        .await
+        .actions()
+    }
+
+    /// The model-policy role: the request to run, or why not.
+    pub async fn decide(
+        self: &Arc<Self>,
+        request: JobRequest,
+        caller: Caller,
+        catalog: Arc<[Model]>,
+        limits: PolicyLimits,
+    ) -> Verdict {
+        self.ask(Call::Decide {
+            request,
+            caller,
+            catalog,
+            limits,
+        })
+        .await
+        .verdict()
+    }
+
+    /// [`Registry::parse`] from a thread that may block.
+    pub fn parse_blocking(&self, content: &str, caller: &Caller) -> Outcome {
+        self.ask_blocking(Call::Parse {
+            content: content.to_owned(),
+            caller: caller.clone(),
+        })
+        .outcome()
+    }
+
+    /// [`Registry::check`] from a thread that may block.
+    pub fn check_blocking(&self, caller: &Caller) -> Decision {
+        self.ask_blocking(Call::Check {
+            caller: caller.clone(),
+        })
+        .decision()
+    }
+
+    /// [`Registry::on_stage`] from a thread that may block.
+    pub fn on_stage_blocking(
         &self,
         stage: Stage,
         caller: &Caller,
         request: Option<&JobRequest>,
         info: &str,
     ) -> Vec<Action> {
-        self.serve(
-            Role::Reactions,
-            |p, config| p.on_stage(config, stage, caller, request, info),
-            Vec::new,
-            Vec::new,
-        )
+        self.ask_blocking(Call::OnStage {
+            stage,
+            caller: caller.clone(),
+            request: request.cloned(),
+            info: info.to_owned(),
+        })
+        .actions()
     }
 
-    /// The model-policy role: the request to run, or why not.
-    pub fn decide(
+    /// [`Registry::decide`] from a thread that may block.
+    pub fn decide_blocking(
         &self,
         request: &JobRequest,
         caller: &Caller,
         catalog: &[Model],
         limits: PolicyLimits,
     ) -> Verdict {
-        self.serve(
-            Role::ModelPolicy,
-            |p, config| p.decide(config, request, caller, catalog, limits),
-            || Verdict::Deny(POLICY_UNAVAILABLE.to_owned()),
-            || Verdict::Allow(request.clone()),
-        )
+        self.ask_blocking(Call::Decide {
+            request: request.clone(),
+            caller: caller.clone(),
+            catalog: catalog.into(),
+            limits,
+        })
+        .verdict()
+    }
+
+    /// How callers waited for plugin instances since the start.
+    pub fn admission(&self) -> AdmissionStatus {
+        let stats = &self.admission_stats;
+        AdmissionStatus {
+            instances: self.runtime.limits().instances,
+            in_use: self.runtime.limits().instances as usize - self.admission.available_permits(),
+            waits: stats.waits.load(Ordering::Relaxed),
+            wait_ms_total: stats.wait_us.load(Ordering::Relaxed) as f64 / 1000.0,
+            wait_ms_max: stats.wait_us_max.load(Ordering::Relaxed) as f64 / 1000.0,
+            timeouts: stats.timeouts.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One call of a role, with its arguments.
+enum Call {
+    Parse {
+        content: String,
+        caller: Caller,
+    },
+    Check {
+        caller: Caller,
+    },
+    OnStage {
+        stage: Stage,
+        caller: Caller,
+        request: Option<JobRequest>,
+        info: String,
+    },
+    Decide {
+        request: JobRequest,
+        caller: Caller,
+        catalog: Arc<[Model]>,
+        limits: PolicyLimits,
+    },
+}
+
+/// What a role answered.
+enum Answer {
+    Outcome(Outcome),
+    Decision(Decision),
+    Actions(Vec<Action>),
+    Verdict(Verdict),
+}
+
+impl Call {
+    fn role(&self) -> Role {
+        match self {
+            Call::Parse { .. } => Role::Parser,
+            Call::Check { .. } => Role::Access,
+            Call::OnStage { .. } => Role::Reactions,
+            Call::Decide { .. } => Role::ModelPolicy,
+        }
+    }
+
+    fn run(&self, plugin: &Plugin, config: &PluginConfig) -> Result<Answer, PluginError> {
+        Ok(match self {
+            Call::Parse { content, caller } => {
+                Answer::Outcome(plugin.parse(config, content, caller)?)
+            }
+            Call::Check { caller } => Answer::Decision(plugin.check(config, caller)?),
+            Call::OnStage {
+                stage,
+                caller,
+                request,
+                info,
+            } => {
+                Answer::Actions(plugin.on_stage(config, *stage, caller, request.as_ref(), info)?)
+            }
+            Call::Decide {
+                request,
+                caller,
+                catalog,
+                limits,
+            } => Answer::Verdict(plugin.decide(config, request, caller, catalog, *limits)?),
+        })
+    }
+
+    /// Refuse: access denies, the parser apologises, the policy refuses, nothing is shown.
+    fn closed(&self) -> Answer {
+        match self {
+            Call::Parse { .. } => Answer::Outcome(Outcome::Error(PARSER_UNAVAILABLE.to_owned())),
+            Call::Check { .. } => Answer::Decision(Decision::Deny(
+                "the access plugin failed (fail-closed)".to_owned(),
+            )),
+            Call::OnStage { .. } => Answer::Actions(Vec::new()),
+            Call::Decide { .. } => Answer::Verdict(Verdict::Deny(POLICY_UNAVAILABLE.to_owned())),
+        }
+    }
+
+    /// Let it through: access allows, the message is ignored, the request runs unchanged.
+    fn open(&self) -> Answer {
+        match self {
+            Call::Parse { .. } => Answer::Outcome(Outcome::Ignore),
+            Call::Check { .. } => Answer::Decision(Decision::Allow),
+            Call::OnStage { .. } => Answer::Actions(Vec::new()),
+            Call::Decide { request, .. } => Answer::Verdict(Verdict::Allow(request.clone())),
+        }
+    }
+}
+
+impl Answer {
+    fn outcome(self) -> Outcome {
+        match self {
+            Answer::Outcome(outcome) => outcome,
+            _ => unreachable!("a parse call answers with an outcome"),
+        }
+    }
+
+    fn decision(self) -> Decision {
+        match self {
+            Answer::Decision(decision) => decision,
+            _ => unreachable!("a check call answers with a decision"),
+        }
+    }
+
+    fn actions(self) -> Vec<Action> {
+        match self {
+            Answer::Actions(actions) => actions,
+            _ => unreachable!("an on-stage call answers with actions"),
+        }
+    }
+
+    fn verdict(self) -> Verdict {
+        match self {
+            Answer::Verdict(verdict) => verdict,
+            _ => unreachable!("a decide call answers with a verdict"),
+        }
+    }
+}
+
+/// How callers waited for a plugin instance.
+#[derive(Debug, Default)]
+struct AdmissionStats {
+    waits: AtomicU64,
+    wait_us: AtomicU64,
+    wait_us_max: AtomicU64,
+    timeouts: AtomicU64,
+}
+
+impl AdmissionStats {
+    fn waited(&self, waited: Duration) {
+        let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        self.wait_us.fetch_add(us, Ordering::Relaxed);
+        self.wait_us_max.fetch_max(us, Ordering::Relaxed);
+    }
+}
+
+/// What `GET /api/admin/plugins` shows of the admission of plugin calls.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct AdmissionStatus {
+    /// Calls that may run at once (`[plugins] instances`).
+    pub instances: u32,
+    /// Calls running now.
+    pub in_use: usize,
+    /// Calls that found every instance busy and waited.
+    pub waits: u64,
+    /// Their waiting, in all.
+    pub wait_ms_total: f64,
+    /// The longest wait.
+    pub wait_ms_max: f64,
+    /// Calls that waited past their deadline (answered by the failure policy).
+    pub timeouts: u64,
+}
+
+/// Runs a future to completion on this thread (for the blocking API, outside any runtime).
+fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut context = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return output;
+        }
+        std::thread::park();
     }
 }
 
@@ -499,4 +817,107 @@ pub fn watch_files(
         })
         .expect("spawn a file watcher thread");
     Ok(watcher)
+}
+
+/// Watches one file (not its directory: other files there, such as a busy SQLite database,
+/// wake nothing) and calls `on_change` once it has settled after a change, on a thread of its
+/// own, until the returned handle is dropped or `on_change` returns false. A file replaced by
+/// a rename (as editors save) or deleted and created again is followed to its new version.
+pub fn watch_file(
+    path: &Path,
+    mut on_change: impl FnMut() -> bool + Send + 'static,
+) -> notify::Result<FileWatch> {
+    use FileMessage as Message;
+    let (tx, rx) = std::sync::mpsc::channel::<Message>();
+    let events = tx.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        use notify::EventKind;
+        use notify::event::ModifyKind;
+        let replaced = matches!(
+            event.kind,
+            EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+        );
+        if let Some(settle) = settle_time(&event.kind) {
+            let _ = events.send(Message::Changed { settle, replaced });
+        } else if replaced {
+            let _ = events.send(Message::Changed {
+                settle: SETTLED,
+                replaced,
+            });
+        }
+    })?;
+    watcher.watch(path, notify::RecursiveMode::NonRecursive)?;
+    let path = path.to_owned();
+    std::thread::Builder::new()
+        .name("easel-watch-file".into())
+        .spawn(move || {
+            let mut due: Option<Instant> = None;
+            let mut rearm = false;
+            loop {
+                let wait = due.map_or(Duration::from_secs(3600), |at| {
+                    at.saturating_duration_since(Instant::now())
+                });
+                match rx.recv_timeout(wait) {
+                    Ok(Message::Changed { settle, replaced }) => {
+                        due = Some(Instant::now() + settle);
+                        rearm |= replaced;
+                        continue;
+                    }
+                    Ok(Message::Stop) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                        return;
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                }
+                due = None;
+                if std::mem::take(&mut rearm) {
+                    // The watched inode is gone: watch whatever is at the path now (a rename
+                    // into place is done; a delete-and-create may take a moment).
+                    let _ = watcher.unwatch(&path);
+                    let mut armed = false;
+                    for _ in 0..50 {
+                        if watcher
+                            .watch(&path, notify::RecursiveMode::NonRecursive)
+                            .is_ok()
+                        {
+                            armed = true;
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    if !armed {
+                        tracing::warn!(file = %path.display(), "the watched file is gone; no longer watching it");
+                        return;
+                    }
+                }
+                if !on_change() {
+                    return;
+                }
+            }
+        })
+        .expect("spawn a file watcher thread");
+    Ok(FileWatch { stop: tx })
+}
+
+/// What the watcher of one file hears.
+enum FileMessage {
+    Changed { settle: Duration, replaced: bool },
+    Stop,
+}
+
+/// Stops the watch of [`watch_file`] when dropped.
+pub struct FileWatch {
+    stop: std::sync::mpsc::Sender<FileMessage>,
+}
+
+impl std::fmt::Debug for FileWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FileWatch")
+    }
+}
+
+impl Drop for FileWatch {
+    fn drop(&mut self) {
+        let _ = self.stop.send(FileMessage::Stop);
+    }
 }

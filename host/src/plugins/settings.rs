@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Config, FailurePolicy};
 
 /// A policy role: one WIT interface, served by one plugin at a time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -82,47 +82,6 @@ impl std::fmt::Display for Role {
     }
 }
 
-/// What happens when a plugin traps, runs out of time or memory, or is not loaded.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum FailurePolicy {
-    /// Refuse: access denies, the parser answers with an apology, the model policy refuses,
-    /// reactions do nothing.
-    FailClosed,
-    /// Let it through: access allows, the parser ignores the message, the model policy keeps
-    /// the request as it is, reactions do nothing.
-    FailOpen,
-    /// Ask the default plugin embedded in the binary (and fail closed if that fails too).
-    #[default]
-    Builtin,
-}
-
-impl FailurePolicy {
-    /// The values `on_failure` accepts.
-    pub const NAMES: &'static str = "\"fail-closed\", \"fail-open\" or \"builtin\"";
-
-    /// Parses a config value.
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "fail-closed" => Some(Self::FailClosed),
-            "fail-open" => Some(Self::FailOpen),
-            "builtin" => Some(Self::Builtin),
-            _ => None,
-        }
-    }
-
-    /// The config spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::FailClosed => "fail-closed",
-            Self::FailOpen => "fail-open",
-            Self::Builtin => "builtin",
-        }
-    }
-}
-
-/// The key of a plugin table that easel reads itself (it is not handed to the plugin).
-pub const ON_FAILURE: &str = "on_failure";
-
 /// Settings handed to plugins: a list of key/value pairs, values as TOML text (strings bare).
 pub type PluginConfig = Arc<Vec<(String, String)>>;
 
@@ -186,17 +145,11 @@ impl PluginSettings {
                 })
                 .cloned()
                 .collect();
-            let mut policy = FailurePolicy::default();
-            for (key, value) in config.plugins.settings.get(name).into_iter().flatten() {
-                if key == ON_FAILURE {
-                    policy = value
-                        .as_str()
-                        .and_then(FailurePolicy::from_name)
-                        .unwrap_or_default();
-                } else {
-                    pairs.retain(|(k, _)| k != key);
-                    pairs.push((key.clone(), toml_text(value)));
-                }
+            let table = config.plugins.settings.get(name);
+            let policy = table.and_then(|t| t.on_failure).unwrap_or_default();
+            for (key, value) in table.map(|t| &t.values).into_iter().flatten() {
+                pairs.retain(|(k, _)| k != key);
+                pairs.push((key.clone(), toml_text(value)));
             }
             plugins.insert(name.to_owned(), (Arc::new(pairs), policy));
         }
@@ -274,7 +227,7 @@ mod tests {
             get("access", "listen_channels").as_deref(),
             Some(r#"["Guild:art"]"#)
         );
-        assert_eq!(get("parser-extended", ON_FAILURE), None);
+        assert_eq!(get("parser-extended", "on_failure"), None);
         assert_eq!(
             settings.on_failure("parser-extended"),
             FailurePolicy::FailOpen

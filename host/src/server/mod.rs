@@ -1,16 +1,21 @@
-//! Starting and stopping the server: store, job service, backends and front ends, in that
-//! order, and a clean stop on Ctrl-C / SIGTERM.
+//! Starting and stopping the server: store, services (job service, accounts, catalog,
+//! plugins, intake), front ends and backends, wired together here and nowhere else, and a
+//! clean stop on Ctrl-C / SIGTERM.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::accounts::Accounts;
 use crate::api::{self, AppState, Authenticator};
+use crate::catalog::Catalog;
 use crate::config::{Config, redact_url};
-use crate::jobs::JobService;
-use crate::plugins::{PluginSettings, Registry};
-use crate::sim;
+use crate::intake::{Intake, Limits};
+use crate::jobs::{Backends, JobService, JobSettings};
+use crate::plugins::{FileWatch, PluginSettings, Registry};
+use crate::sim::Simulated;
 use crate::store::Store;
+use crate::workers::WorkerPool;
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +113,7 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 async fn start_plugins(
     config: &Config,
     config_path: Option<PathBuf>,
-) -> Result<(Arc<Registry>, Vec<notify::RecommendedWatcher>), ServeError> {
+) -> Result<(Arc<Registry>, Watches), ServeError> {
     let dir = PathBuf::from(&config.plugins.dir);
     let runtime = crate::plugins::runtime_for(&config.plugins, &dir)?;
     let settings = PluginSettings::from_config(config);
@@ -118,56 +123,66 @@ async fn start_plugins(
     for (role, name, serving, policy) in registry.roles() {
         tracing::info!(role = %role, plugin = %name, served_by = serving, on_failure = policy.as_str(), "plugin role");
     }
-    let mut watchers = Vec::new();
+    let mut watches = Watches::default();
     match registry.watch() {
-        Ok(watcher) => watchers.push(watcher),
+        Ok(watcher) => watches.plugins = Some(watcher),
         Err(err) => {
             tracing::warn!(dir = %registry.dir().display(), error = %err, "not watching the plugin directory; plugin changes need a restart")
         }
     }
     if let Some(path) = config_path.filter(|p| p.exists()) {
-        let file = path.file_name().map(ToOwned::to_owned);
-        let dir = match path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
-            _ => PathBuf::from("."),
-        };
         let target = Arc::downgrade(&registry);
         let before = config.clone();
-        let watched = crate::plugins::watch_files(
-            &dir,
-            move |p| p.file_name() == file.as_deref(),
-            move |_| {
-                let Some(registry) = target.upgrade() else {
-                    return false;
-                };
-                match Config::load(&path, true) {
-                    Ok(new) => {
-                        registry.set_settings(PluginSettings::from_config(&new));
-                        let mut rest = new.clone();
-                        rest.plugins = before.plugins.clone();
-                        rest.discord = before.discord.clone();
-                        if rest != before {
-                            tracing::warn!(config = %path.display(), "config changed: plugin roles and settings applied; other changes take effect at the next start");
-                        } else {
-                            tracing::info!(config = %path.display(), "config changed: plugin roles and settings applied");
-                        }
-                        for (role, name, serving, _) in registry.roles() {
-                            tracing::info!(role = %role, plugin = %name, served_by = serving, "plugin role");
-                        }
+        let watched = crate::plugins::watch_file(&path.clone(), move || {
+            let Some(registry) = target.upgrade() else {
+                return false;
+            };
+            match Config::load(&path, true) {
+                Ok(new) => {
+                    registry.set_settings(PluginSettings::from_config(&new));
+                    let mut rest = new.clone();
+                    rest.plugins = before.plugins.clone();
+                    rest.discord = before.discord.clone();
+                    if rest != before {
+                        tracing::warn!(config = %path.display(), "config changed: plugin roles and settings applied; other changes take effect at the next start");
+                    } else {
+                        tracing::info!(config = %path.display(), "config changed: plugin roles and settings applied");
                     }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "config changed but cannot be read; keeping the previous plugin settings")
+                    for (role, name, serving, _) in registry.roles() {
+                        tracing::info!(role = %role, plugin = %name, served_by = serving, "plugin role");
                     }
                 }
-                true
-            },
-        );
+                Err(err) => {
+                    tracing::warn!(error = %err, "config changed but cannot be read; keeping the previous plugin settings")
+                }
+            }
+            true
+        });
         match watched {
-            Ok(watcher) => watchers.push(watcher),
+            Ok(watch) => watches.config = Some(watch),
             Err(err) => tracing::warn!(error = %err, "not watching the configuration file"),
         }
     }
-    Ok((registry, watchers))
+    Ok((registry, watches))
+}
+
+/// The file watches of a running server; dropping them stops watching.
+#[derive(Default)]
+struct Watches {
+    plugins: Option<notify::RecommendedWatcher>,
+    config: Option<FileWatch>,
+}
+
+/// The capacity of the job-event broadcast (`EASEL_EVENT_BUFFER`, a test knob: a tiny one
+/// shows that nobody depends on the broadcast keeping up).
+fn event_buffer() -> usize {
+    match std::env::var("EASEL_EVENT_BUFFER") {
+        Ok(value) => value.trim().parse().unwrap_or_else(|_| {
+            tracing::warn!(value, "EASEL_EVENT_BUFFER is not a number; using 1024");
+            1024
+        }),
+        Err(_) => 1024,
+    }
 }
 
 /// Runs the server until `shutdown` resolves; `config_path` is watched for plugin settings.
@@ -186,8 +201,17 @@ pub async fn run(
     tracing::info!(database = %url, "store ready");
     let store = Arc::new(store);
     let host = host_name();
-    let jobs = Arc::new(JobService::new(store.clone(), host.clone()));
+    let jobs = JobService::new(
+        store.clone(),
+        JobSettings {
+            host: host.clone(),
+            max_faults: config.workers.max_faults,
+            event_buffer: event_buffer(),
+        },
+    );
     jobs.recover().await?;
+    let accounts = Arc::new(Accounts::new(store.clone()));
+    let catalog = Arc::new(Catalog::new(store.clone()));
 
     if config.api.secret_key.is_empty() {
         tracing::info!(
@@ -195,12 +219,23 @@ pub async fn run(
         );
     }
     let superuser = superuser_token(&config)?;
-    let (plugins, _watchers) = start_plugins(&config, config_path).await?;
+    let (plugins, _watches) = start_plugins(&config, config_path).await?;
+    let intake = Intake::new(
+        plugins.clone(),
+        jobs.clone(),
+        catalog.clone(),
+        Limits::from_config(&config),
+    );
     let discord = if config.discord_enabled() {
         Some(crate::discord::start(
             &config,
-            jobs.clone(),
-            plugins.clone(),
+            crate::discord::Services {
+                intake: intake.clone(),
+                jobs: jobs.reader(),
+                accounts: accounts.clone(),
+                catalog: catalog.clone(),
+                plugins: plugins.clone(),
+            },
         )?)
     } else {
         tracing::info!(
@@ -209,26 +244,26 @@ pub async fn run(
         None
     };
 
-    let mut backends = sim::spawn(
-        jobs.clone(),
-        config.simulated.workers,
-        Duration::from_millis(config.simulated.step_ms),
-    );
-    let pool = if config.workers.bind.is_empty() {
-        tracing::info!("worker pool off ([workers] bind is empty)");
-        None
-    } else {
-        Some(crate::workers::start(jobs.clone(), config.workers.clone()).await?)
-    };
-    if config.simulated.workers == 0 && pool.is_none() {
-        tracing::warn!(
-            "no backend: the simulated backend and the worker pool are both off; jobs will wait"
-        );
-    } else if config.simulated.workers > 0 {
+    let mut backends = Backends::new(jobs.clone());
+    if config.simulated.workers > 0 {
+        backends.start(Simulated {
+            workers: config.simulated.workers,
+            step: Duration::from_millis(config.simulated.step_ms),
+        });
         tracing::info!(
             workers = config.simulated.workers,
             step_ms = config.simulated.step_ms,
             "simulated backend running"
+        );
+    }
+    if config.workers.bind.is_empty() {
+        tracing::info!("worker pool off ([workers] bind is empty)");
+    } else {
+        backends.start(WorkerPool::bind(config.workers.clone()).await?);
+    }
+    if backends.names().is_empty() {
+        tracing::warn!(
+            "no backend: the simulated backend and the worker pool are both off; jobs will wait"
         );
     }
 
@@ -245,30 +280,24 @@ pub async fn run(
     })?;
     tracing::info!(address = %local, host = %host, "HTTP API listening");
     let state = AppState {
-        jobs: jobs.clone(),
+        intake,
+        jobs: jobs.reader(),
+        accounts,
         auth: Authenticator::new(&superuser, &config.api.secret_key),
-        image_pixel_limit: config.api.image_pixel_limit,
         plugins,
     };
     let served = api::serve(listener, state, shutdown).await;
     if let Some(discord) = discord {
         discord.shutdown().await;
     }
+    tracing::info!(
+        jobs = jobs.watched_jobs(),
+        "jobs still followed at shutdown"
+    );
 
     // Stop the backends; whatever they were running goes back to the queue now rather than at
     // the next start.
     backends.shutdown().await;
-    if let Some(pool) = pool {
-        pool.shutdown().await;
-    }
-    match store
-        .requeue_running(&host, "host stopped while the job was running")
-        .await
-    {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(jobs = n, "requeued running jobs at shutdown"),
-        Err(err) => tracing::error!(error = %err, "could not requeue running jobs at shutdown"),
-    }
     store.close().await;
     tracing::info!("stopped");
     served.map_err(|source| ServeError::Listen { addr, source })

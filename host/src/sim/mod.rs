@@ -5,68 +5,75 @@
 //! delay per step) and stops when the job is interrupted. It is the default backend, so a new
 //! installation finishes jobs out of the box; tests and benchmarks use it too.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
 
-use crate::jobs::{Claim, JobError, JobService, Txt2Img};
+use crate::jobs::{Backend, BackendPort, Capabilities, Lease, Txt2Img};
 
-/// Name under which the simulated backend claims jobs.
+/// Name of the simulated backend.
 pub const BACKEND: &str = "simulated";
 
-/// Starts `workers` simulated backends, each running one job at a time.
-pub fn spawn(jobs: Arc<JobService>, workers: u32, step: Duration) -> JoinSet<()> {
-    let mut set = JoinSet::new();
-    for n in 0..workers {
-        let jobs = jobs.clone();
-        set.spawn(async move { run(jobs, n, step).await });
-    }
-    set
+/// The simulated backend: `workers` loops, each running one job at a time, `step` per step.
+#[derive(Clone, Copy, Debug)]
+pub struct Simulated {
+    /// Jobs it runs at once.
+    pub workers: u32,
+    /// Delay per sampling step.
+    pub step: Duration,
 }
 
-async fn run(jobs: Arc<JobService>, n: u32, step: Duration) {
-    let name = format!("{BACKEND}-{n}");
-    loop {
-        match jobs.claim(&name).await {
-            Ok(Some(claim)) => process(&jobs, &name, &claim, step).await,
-            Ok(None) => jobs.wait_for_work().await,
-            Err(err) => {
-                tracing::error!(backend = %name, error = %err, "cannot claim jobs; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+impl Backend for Simulated {
+    fn name(&self) -> String {
+        BACKEND.to_owned()
+    }
+
+    async fn run(self, port: BackendPort) {
+        let mut loops = JoinSet::new();
+        for n in 0..self.workers {
+            loops.spawn(work(port.clone(), format!("{BACKEND}-{n}"), self.step));
         }
+        while loops.join_next().await.is_some() {}
     }
 }
 
-async fn process(jobs: &JobService, name: &str, claim: &Claim, step: Duration) {
-    let total = claim.request.steps.max(1);
+async fn work(mut port: BackendPort, name: String, step: Duration) {
+    // It draws anything: every model, every size.
+    let can = Capabilities::any();
+    while let Some(lease) = port.next(&can).await {
+        process(&name, lease, step).await;
+    }
+}
+
+async fn process(name: &str, lease: Lease, step: Duration) {
+    let total = lease.request().steps.max(1);
     for done in 1..=total {
         if !step.is_zero() {
             tokio::time::sleep(step).await;
         }
-        if let Err(JobError::Interrupted) = jobs.progress(claim, done, total) {
-            tracing::info!(job_id = claim.id(), backend = name, "stopped on interrupt");
+        if lease.progress(done, total).is_err() {
+            tracing::info!(job_id = %lease.id(), backend = name, "stopped on interrupt");
             return;
         }
     }
-    let request = claim.request.clone();
+    let request = lease.request().clone();
     let rendered = tokio::task::spawn_blocking(move || render(&request)).await;
     let result = match rendered {
         Ok(Ok(png)) => {
-            let info = info_json(&claim.request, name);
-            jobs.finish(claim, name, &png, &info).await
+            let info = info_json(lease.request(), name);
+            lease.finish(name, png, info).await.map_err(|e| e.error)
         }
         Ok(Err(err)) => {
-            jobs.fail(claim, &format!("could not draw the image: {err}"))
+            lease
+                .fail(&format!("could not draw the image: {err}"))
                 .await
         }
-        Err(err) => jobs.fail(claim, &format!("renderer crashed: {err}")).await,
+        Err(err) => lease.fail(&format!("renderer crashed: {err}")).await,
     };
     if let Err(err) = result {
         // The store is unreachable: the job stays running in the store and is requeued at the
         // next start; say so rather than lose the error.
-        tracing::error!(job_id = claim.id(), error = %err, "could not record the job's result");
+        tracing::error!(backend = name, error = %err, "could not record a job's result");
     }
 }
 

@@ -9,4 +9,4 @@ pub mod client;
 pub mod pool;
 pub mod protocol;
 
-pub use pool::{PoolHandle, PoolStats, start};
+pub use pool::{PoolStats, WorkerPool};

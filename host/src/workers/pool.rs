@@ -1,10 +1,12 @@
 //! The host side: a ZeroMQ ROUTER, the table of workers, dispatch, deadlines and liveness.
 //!
-//! One task owns all pool state (no locks): it receives worker messages from a reader task,
-//! job events from the job service, and a 100 ms tick for deadlines and heartbeats. Dispatch is
-//! least-recently-ready first, one job per worker, jobs claimed from the durable store, and
-//! happens as soon as a job and a ready worker both exist (a queued event or a READY wakes it;
-//! no polling sleep).
+//! The pool is a [`Backend`]: it takes jobs through its [`BackendPort`] and settles them
+//! through their [`Lease`]s only. One task owns all pool state (no locks): it receives worker
+//! messages from a reader task, wake-ups from the port (a job was queued or requeued), and a
+//! 100 ms tick for deadlines and heartbeats. Dispatch is least-recently-ready first, one job
+//! per worker, capability-aware (an easel worker that announced models or a pixel limit only
+//! gets jobs it can run; idle workers with the same capabilities share one claim), and happens
+//! as soon as a job and a ready worker both exist.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -14,17 +16,15 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use zeromq::{Socket, SocketEvent, SocketRecv, SocketSend, ZmqMessage};
 
-use super::protocol::{Capabilities, Control, ExtendedJob, Inbound, PROTOCOL, SeedJob, new_id_num};
+use super::protocol::{Control, ExtendedJob, Inbound, PROTOCOL, SeedJob, new_id_num};
 use crate::config::Workers as WorkersConfig;
-use crate::jobs::{Claim, JobEvent, JobService, png_size};
+use crate::jobs::{self, Backend, BackendPort, Expired, Lease, png_size};
 
 /// Easel workers heartbeat every second; three missed and they are gone.
 const HEARTBEAT_GRACE: Duration = Duration::from_secs(3);
-/// Most results stored in one transaction.
-const RESULT_BATCH: usize = 64;
 /// How many expired claims are remembered for late results.
 const EXPIRED_MEMORY: usize = 10_000;
 
@@ -68,26 +68,6 @@ impl PoolStats {
     }
 }
 
-/// A running pool; dropping it does not stop it — [`PoolHandle::shutdown`] does.
-#[derive(Debug)]
-pub struct PoolHandle {
-    /// The endpoint actually bound (port 0 resolved).
-    pub endpoint: String,
-    /// Counters.
-    pub stats: Arc<PoolStats>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl PoolHandle {
-    /// Stops the pool; jobs held by workers stay running in the store and are requeued by
-    /// the host's shutdown (or next start).
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
-    }
-}
-
 /// Why the pool could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot bind the worker pool to {endpoint}: {source}")]
@@ -120,66 +100,95 @@ pub fn deadline(config: &WorkersConfig, request: &crate::jobs::Txt2Img) -> Durat
     Duration::from_secs_f64(config.deadline_min_s.max(work * config.deadline_scale))
 }
 
-/// Binds the ROUTER and starts the pool.
-pub async fn start(jobs: Arc<JobService>, config: WorkersConfig) -> Result<PoolHandle, BindError> {
-    let endpoint = normalise_endpoint(&config.bind);
-    let mut socket = zeromq::RouterSocket::new();
-    let monitor = socket.monitor();
-    let bound = socket.bind(&endpoint).await.map_err(|source| BindError {
-        endpoint: config.bind.clone(),
-        source,
-    })?;
-    let bound = bound.to_string();
-    if config.token.is_empty() && !is_loopback(&bound) {
-        tracing::warn!(
-            endpoint = %bound,
-            "worker pool listens beyond this machine without a token: anyone who can reach it can take jobs ([workers] token)"
-        );
+/// A bound pool, ready to run as a backend ([`crate::jobs::Backends::start`]).
+pub struct WorkerPool {
+    config: WorkersConfig,
+    endpoint: String,
+    socket: zeromq::RouterSocket,
+    monitor: futures_channel::mpsc::Receiver<SocketEvent>,
+    stats: Arc<PoolStats>,
+}
+
+impl std::fmt::Debug for WorkerPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerPool")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
     }
-    tracing::info!(endpoint = %bound, "worker pool listening");
-    let (send, recv) = socket.split();
-    let (inbound_tx, inbound_rx) = mpsc::channel(4096);
-    let reader = tokio::spawn(read_frames(
-        recv,
-        monitor,
-        inbound_tx,
-        config.max_message_bytes,
-    ));
-    let stats = Arc::new(PoolStats::default());
-    let (stop, stopped) = tokio::sync::oneshot::channel();
-    let events = jobs.subscribe();
-    let (failed_writes, failed_rx) = mpsc::channel(RESULT_BATCH);
-    let (results_tx, results_rx) = mpsc::channel(4 * RESULT_BATCH);
-    let writer = tokio::spawn(write_results(
-        jobs.clone(),
-        stats.clone(),
-        results_rx,
-        failed_writes,
-    ));
-    let pool = Pool {
-        jobs,
-        config,
-        send,
-        workers: HashMap::new(),
-        ready: VecDeque::new(),
-        outstanding: HashMap::new(),
-        expired: HashMap::new(),
-        expired_order: VecDeque::new(),
-        stats: stats.clone(),
-        results: results_tx,
-    };
-    let task = tokio::spawn(async move {
-        pool.run(inbound_rx, failed_rx, events, stopped).await;
+}
+
+/// The backend name of the pool.
+pub const BACKEND: &str = "workers";
+
+impl WorkerPool {
+    /// Binds the ROUTER.
+    pub async fn bind(config: WorkersConfig) -> Result<Self, BindError> {
+        let endpoint = normalise_endpoint(&config.bind);
+        let mut socket = zeromq::RouterSocket::new();
+        let monitor = socket.monitor();
+        let bound = socket.bind(&endpoint).await.map_err(|source| BindError {
+            endpoint: config.bind.clone(),
+            source,
+        })?;
+        let endpoint = bound.to_string();
+        if config.token.is_empty() && !is_loopback(&endpoint) {
+            tracing::warn!(
+                endpoint = %endpoint,
+                "worker pool listens beyond this machine without a token: anyone who can reach it can take jobs ([workers] token)"
+            );
+        }
+        tracing::info!(endpoint = %endpoint, "worker pool listening");
+        Ok(Self {
+            config,
+            endpoint,
+            socket,
+            monitor,
+            stats: Arc::new(PoolStats::default()),
+        })
+    }
+
+    /// The endpoint bound (port 0 resolved).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> Arc<PoolStats> {
+        self.stats.clone()
+    }
+}
+
+impl Backend for WorkerPool {
+    fn name(&self) -> String {
+        BACKEND.to_owned()
+    }
+
+    /// Runs until the port stops; jobs held by workers then stay running in the store and are
+    /// requeued by the backends' shutdown.
+    async fn run(self, port: BackendPort) {
+        let (send, recv) = self.socket.split();
+        let (inbound_tx, inbound_rx) = mpsc::channel(4096);
+        let reader = tokio::spawn(read_frames(
+            recv,
+            self.monitor,
+            inbound_tx,
+            self.config.max_message_bytes,
+        ));
+        let pool = Pool {
+            port,
+            config: self.config,
+            send,
+            workers: HashMap::new(),
+            ready: VecDeque::new(),
+            outstanding: HashMap::new(),
+            expired: HashMap::new(),
+            expired_order: VecDeque::new(),
+            stats: self.stats,
+            starved_logged: None,
+        };
+        pool.run(inbound_rx).await;
         reader.abort();
-        // The pool is gone, so is the writer's input: it stores what it still holds and ends.
-        let _ = writer.await;
-    });
-    Ok(PoolHandle {
-        endpoint: bound,
-        stats,
-        stop,
-        task,
-    })
+    }
 }
 
 /// What the reader task hands the pool.
@@ -245,11 +254,21 @@ async fn read_frames(
 
 #[derive(Debug)]
 enum Kind {
-    /// Stably Discordant's Python worker: four-key jobs, no heartbeats.
+    /// Stably Discordant's Python worker: four-key jobs, no heartbeats; takes any job (it
+    /// draws with its one model at that model's size).
     Seed,
-    /// `easel worker`: extended jobs, heartbeats, control messages. Its capabilities are
-    /// recorded (and logged) but do not steer dispatch yet.
-    Easel(#[allow(dead_code)] Capabilities),
+    /// `easel worker`: extended jobs, heartbeats, control messages; gets only jobs its
+    /// capabilities cover.
+    Easel(jobs::Capabilities),
+}
+
+impl Kind {
+    fn can(&self) -> jobs::Capabilities {
+        match self {
+            Kind::Seed => jobs::Capabilities::any(),
+            Kind::Easel(can) => can.clone(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -263,13 +282,13 @@ struct Worker {
 
 #[derive(Debug)]
 struct Assigned {
-    claim: Claim,
+    lease: Lease,
     id_num: String,
     deadline: Instant,
 }
 
 struct Pool {
-    jobs: Arc<JobService>,
+    port: BackendPort,
     config: WorkersConfig,
     send: zeromq::RouterSendHalf,
     workers: HashMap<Bytes, Worker>,
@@ -277,65 +296,29 @@ struct Pool {
     /// id_num → worker identity, for jobs out on a worker.
     outstanding: HashMap<String, Bytes>,
     /// id_num → claim, for jobs whose worker missed the deadline (late results).
-    expired: HashMap<String, Claim>,
+    expired: HashMap<String, Expired>,
     expired_order: VecDeque<String>,
     stats: Arc<PoolStats>,
-    /// Results on their way to the store.
-    results: mpsc::Sender<PendingResult>,
+    /// When the pool last said that queued jobs fit none of its idle workers.
+    starved_logged: Option<Instant>,
 }
 
-/// A result waiting for the result writer.
-struct PendingResult {
-    assigned: Assigned,
-    backend: String,
-    png: Vec<u8>,
-    info: String,
-}
-
-/// Stores results in batches: whatever has arrived while the previous batch was written goes
-/// into the next transaction (group commit). Results whose write failed go back to the pool.
-async fn write_results(
-    jobs: Arc<JobService>,
-    stats: Arc<PoolStats>,
-    mut pending: mpsc::Receiver<PendingResult>,
-    failed: mpsc::Sender<Assigned>,
+/// Counts what a fault did to a job.
+fn count_fault(
+    stats: &PoolStats,
+    job: &jobs::JobId,
+    status: Result<Option<crate::store::JobStatus>, jobs::JobError>,
 ) {
-    let mut batch = Vec::with_capacity(RESULT_BATCH);
-    while pending.recv_many(&mut batch, RESULT_BATCH).await > 0 {
-        let results: Vec<_> = batch
-            .iter()
-            .map(|p| crate::jobs::JobResult {
-                claim: &p.assigned.claim,
-                late: false,
-                backend: &p.backend,
-                png: &p.png,
-                info: &p.info,
-            })
-            .collect();
-        match jobs.finish_many(&results).await {
-            Ok(done) => {
-                let stored = done.iter().filter(|d| **d).count() as u64;
-                stats.finished.fetch_add(stored, Ordering::Relaxed);
-            }
-            Err(err) => {
-                tracing::error!(error = %err, results = batch.len(), "could not store results");
-                for p in batch.drain(..) {
-                    let _ = failed.send(p.assigned).await;
-                }
-            }
-        }
-        batch.clear();
+    match status {
+        Ok(Some(crate::store::JobStatus::Failed)) => PoolStats::add(&stats.failed),
+        Ok(Some(_)) => PoolStats::add(&stats.requeued),
+        Ok(None) => {}
+        Err(err) => tracing::error!(job_id = %job, error = %err, "could not record a worker fault"),
     }
 }
 
 impl Pool {
-    async fn run(
-        mut self,
-        mut inbound: mpsc::Receiver<Wire>,
-        mut failed_writes: mpsc::Receiver<Assigned>,
-        mut events: broadcast::Receiver<JobEvent>,
-        mut stopped: tokio::sync::oneshot::Receiver<()>,
-    ) {
+    async fn run(mut self, mut inbound: mpsc::Receiver<Wire>) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut report = tokio::time::interval(Duration::from_secs(60));
@@ -347,8 +330,9 @@ impl Pool {
                 self.dispatch().await;
             }
             may_dispatch = false;
+            let mut work = self.port.clone();
             tokio::select! {
-                _ = &mut stopped => break,
+                () = self.port.stopped() => break,
                 wire = inbound.recv() => match wire {
                     Some(Wire::Message(identity, message)) => {
                         may_dispatch = self.handle(identity, message).await;
@@ -358,16 +342,7 @@ impl Pool {
                     }
                     None => break,
                 },
-                Some(assigned) = failed_writes.recv() => {
-                    self.fault(assigned, "the result could not be stored").await;
-                }
-                event = events.recv() => {
-                    may_dispatch = matches!(
-                        event,
-                        Ok(JobEvent::Queued { .. } | JobEvent::Requeued { .. })
-                            | Err(broadcast::error::RecvError::Lagged(_))
-                    );
-                }
+                () = work.wait_for_work() => may_dispatch = true,
                 _ = tick.tick() => {
                     self.check_liveness().await;
                     // Also picks up jobs queued by other hosts sharing the database.
@@ -447,7 +422,10 @@ impl Pool {
                 let kind = if easel {
                     let capabilities = capabilities.unwrap_or_default();
                     tracing::debug!(worker = %who, ?capabilities, "easel worker capabilities");
-                    Kind::Easel(capabilities)
+                    Kind::Easel(jobs::Capabilities {
+                        models: capabilities.models,
+                        max_pixels: capabilities.max_pixels,
+                    })
                 } else {
                     Kind::Seed
                 };
@@ -541,32 +519,44 @@ impl Pool {
         let backend = format!("worker:{hostname}");
         let info = serde_json::json!({"backend": backend, "hostname": hostname}).to_string();
         if let Some(assigned) = self.take_outstanding(&identity, &id_num) {
-            // Stored by the result writer, off the pool's task, so dispatch goes on meanwhile.
-            let result = PendingResult {
-                assigned,
-                backend,
-                png,
-                info,
-            };
-            if let Err(mpsc::error::SendError(result)) = self.results.send(result).await {
-                self.fault(result.assigned, "the result writer stopped")
-                    .await;
-            }
-        } else if let Some(claim) = self.expired.remove(&id_num) {
-            match self.jobs.finish_late(&claim, &backend, &png, &info).await {
-                Ok(true) => {
-                    PoolStats::add(&self.stats.finished);
-                    tracing::info!(worker = %who, job_id = claim.id(), "late result accepted");
+            // Stored off the pool's task (results are group-committed), so dispatch goes on
+            // meanwhile.
+            let stats = self.stats.clone();
+            tokio::spawn(async move {
+                let job = assigned.lease.id().clone();
+                match assigned.lease.finish(&backend, png, info).await {
+                    Ok(true) => PoolStats::add(&stats.finished),
+                    Ok(false) => {}
+                    Err(not_stored) => {
+                        tracing::error!(job_id = %job, error = %not_stored.error, "could not store a result");
+                        let (status, _) = not_stored
+                            .lease
+                            .fault("the result could not be stored")
+                            .await;
+                        count_fault(&stats, &job, status);
+                    }
                 }
-                Ok(false) => tracing::info!(
-                    worker = %who,
-                    job_id = claim.id(),
-                    "late result dropped: the job was already finished"
-                ),
-                Err(err) => {
-                    tracing::error!(job_id = claim.id(), error = %err, "could not store a late result")
+            });
+        } else if let Some(expired) = self.expired.remove(&id_num) {
+            let job = expired.id().clone();
+            let stats = self.stats.clone();
+            let who = who.to_owned();
+            tokio::spawn(async move {
+                match expired.finish_late(&backend, png, info).await {
+                    Ok(true) => {
+                        PoolStats::add(&stats.finished);
+                        tracing::info!(worker = %who, job_id = %job, "late result accepted");
+                    }
+                    Ok(false) => tracing::info!(
+                        worker = %who,
+                        job_id = %job,
+                        "late result dropped: the job was already finished"
+                    ),
+                    Err(err) => {
+                        tracing::error!(job_id = %job, error = %err, "could not store a late result")
+                    }
                 }
-            }
+            });
         } else {
             PoolStats::add(&self.stats.dropped);
             tracing::warn!(worker = %who, %id_num, "dropped OUTPUT: id_num not marked as outstanding");
@@ -588,21 +578,12 @@ impl Pool {
     }
 
     async fn fault(&mut self, assigned: Assigned, reason: &str) {
-        match self
-            .jobs
-            .fault(&assigned.claim, self.config.max_faults, reason)
-            .await
-        {
-            Ok(Some(crate::store::JobStatus::Failed)) => PoolStats::add(&self.stats.failed),
-            Ok(Some(_)) => PoolStats::add(&self.stats.requeued),
-            Ok(None) => {}
-            Err(err) => {
-                tracing::error!(job_id = assigned.claim.id(), error = %err, "could not record a worker fault")
-            }
-        }
+        let job = assigned.lease.id().clone();
+        let (status, expired) = assigned.lease.fault(reason).await;
+        count_fault(&self.stats, &job, status);
         // Its worker may still answer: remember the claim for a late result.
         self.expired_order.push_back(assigned.id_num.clone());
-        self.expired.insert(assigned.id_num, assigned.claim);
+        self.expired.insert(assigned.id_num, expired);
         while self.expired_order.len() > EXPIRED_MEMORY {
             if let Some(old) = self.expired_order.pop_front() {
                 self.expired.remove(&old);
@@ -634,72 +615,94 @@ impl Pool {
         }
     }
 
-    /// Hands queued jobs to ready workers, least recently ready first: one claim for as many
-    /// jobs as there are idle ready workers.
+    /// Hands queued jobs to ready workers, least recently ready first: idle workers that can
+    /// run the same jobs share one claim.
     async fn dispatch(&mut self) {
-        let mut idle = Vec::with_capacity(self.ready.len());
+        let mut groups: Vec<(jobs::Capabilities, Vec<Bytes>)> = Vec::new();
         while let Some(identity) = self.ready.pop_front() {
-            if let Some(worker) = self.workers.get_mut(&identity) {
-                worker.in_ready = false;
-                if worker.job.is_none() {
-                    idle.push(identity);
+            let Some(worker) = self.workers.get_mut(&identity) else {
+                continue;
+            };
+            worker.in_ready = false;
+            if worker.job.is_some() {
+                continue;
+            }
+            let can = worker.kind.can();
+            match groups.iter_mut().find(|(c, _)| *c == can) {
+                Some((_, idle)) => idle.push(identity),
+                None => groups.push((can, vec![identity])),
+            }
+        }
+        let mut unserved = Vec::new();
+        for (can, idle) in groups {
+            let leases = match self.port.claim(&can, idle.len()).await {
+                Ok(leases) => leases,
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot claim jobs for workers");
+                    Vec::new()
                 }
+            };
+            let mut idle = idle.into_iter();
+            for lease in leases {
+                let identity = idle.next().expect("no more claims than idle workers");
+                self.send_job(identity, lease).await;
             }
+            unserved.extend(idle);
         }
-        if idle.is_empty() {
-            return;
-        }
-        let claims = match self.jobs.claim_many("worker-pool", idle.len()).await {
-            Ok(claims) => claims,
-            Err(err) => {
-                tracing::error!(error = %err, "cannot claim jobs for workers");
-                Vec::new()
-            }
-        };
-        let mut idle = idle.into_iter();
-        for claim in claims {
-            let identity = idle.next().expect("no more claims than idle workers");
-            self.send_job(identity, claim).await;
+        if !unserved.is_empty() && self.port.queue_depth() > 0 {
+            self.starving(unserved.len());
         }
         // Those left keep their place at the head of the line.
-        let rest: Vec<Bytes> = idle.collect();
-        for identity in rest.into_iter().rev() {
+        for identity in unserved.into_iter().rev() {
             self.put_back(identity);
         }
     }
 
-    async fn send_job(&mut self, identity: Bytes, claim: Claim) {
+    /// Idle workers and queued jobs, but no job any of them can run: say so (once a minute).
+    fn starving(&mut self, idle: usize) {
+        if self
+            .starved_logged
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(60))
+        {
+            return;
+        }
+        self.starved_logged = Some(Instant::now());
+        tracing::info!(
+            idle_workers = idle,
+            queued = self.port.queue_depth(),
+            "queued jobs wait: none fits the models or size limits of the idle workers"
+        );
+    }
+
+    async fn send_job(&mut self, identity: Bytes, lease: Lease) {
         let Some(worker) = self.workers.get(&identity) else {
             // Gone meanwhile: the job was never sent.
-            if let Err(err) = self
-                .jobs
-                .requeue(&claim, "worker left before dispatch")
-                .await
-            {
-                tracing::error!(job_id = claim.id(), error = %err, "could not requeue");
+            if let Err(err) = lease.requeue("worker left before dispatch").await {
+                tracing::error!(error = %err, "could not requeue");
             }
             return;
         };
         let id_num = new_id_num();
+        let request = lease.request();
         let json = match &worker.kind {
             Kind::Seed => serde_json::to_string(&SeedJob {
-                prompt: claim.request.prompt.clone(),
-                cfg: claim.request.cfg_scale,
-                steps: claim.request.steps,
+                prompt: request.prompt.clone(),
+                cfg: request.cfg_scale,
+                steps: request.steps,
                 id_num: id_num.clone(),
             }),
-            Kind::Easel(_) => serde_json::to_string(&ExtendedJob::new(&claim.request, &id_num)),
+            Kind::Easel(_) => serde_json::to_string(&ExtendedJob::new(request, &id_num)),
         }
         .expect("job serializes");
-        let deadline = Instant::now() + deadline(&self.config, &claim.request);
+        let deadline = Instant::now() + deadline(&self.config, request);
         match self.send_json(&identity, json).await {
             Ok(()) => {
                 PoolStats::add(&self.stats.dispatched);
-                tracing::debug!(job_id = claim.id(), worker = %identity_label(&identity), "job dispatched");
+                tracing::debug!(job_id = %lease.id(), worker = %identity_label(&identity), "job dispatched");
                 self.outstanding.insert(id_num.clone(), identity.clone());
                 if let Some(worker) = self.workers.get_mut(&identity) {
                     worker.job = Some(Assigned {
-                        claim,
+                        lease,
                         id_num,
                         deadline,
                     });
@@ -711,8 +714,8 @@ impl Pool {
                 tracing::info!(worker = %identity_label(&identity), error = %err, "worker unreachable; forgetting it");
                 self.workers.remove(&identity);
                 self.refresh_gauges();
-                if let Err(err) = self.jobs.requeue(&claim, "worker unreachable").await {
-                    tracing::error!(job_id = claim.id(), error = %err, "could not requeue");
+                if let Err(err) = lease.requeue("worker unreachable").await {
+                    tracing::error!(error = %err, "could not requeue");
                 }
             }
         }
