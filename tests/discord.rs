@@ -40,6 +40,44 @@ async fn start(discord: &str, more: &str, workers: u32) -> Bot {
 
 /// [`start`], with extra `[workers]` keys.
 async fn start_with(discord: &str, more: &str, workers: u32, workers_toml: &str) -> Bot {
+    start_bot(BotOptions {
+        discord,
+        more,
+        workers,
+        workers_toml,
+        ..BotOptions::default()
+    })
+    .await
+}
+
+/// How to start a bot.
+#[derive(Default)]
+struct BotOptions<'a> {
+    /// Keys of `[discord]`.
+    discord: &'a str,
+    /// Further sections.
+    more: &'a str,
+    /// Simulated backends.
+    workers: u32,
+    /// Keys of `[workers]`.
+    workers_toml: &'a str,
+    /// Files of the repository's `plugins/` copied into the server's plugin directory.
+    plugins: &'a [&'a str],
+    /// Environment of the server.
+    env: &'a [(&'a str, &'a str)],
+}
+
+const REPO_PLUGINS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins");
+
+async fn start_bot(options: BotOptions<'_>) -> Bot {
+    let BotOptions {
+        discord,
+        more,
+        workers,
+        workers_toml,
+        plugins,
+        env,
+    } = options;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let fake = FakeDiscord::start(
         Author::bot(1000, "easel"),
@@ -56,6 +94,16 @@ async fn start_with(discord: &str, more: &str, workers: u32, workers_toml: &str)
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
+    if !plugins.is_empty() {
+        std::fs::create_dir(dir.path().join("plugins")).unwrap();
+        for file in plugins {
+            std::fs::copy(
+                format!("{REPO_PLUGINS}/{file}"),
+                dir.path().join("plugins").join(file),
+            )
+            .unwrap();
+        }
+    }
     let db = format!("sqlite://{}", dir.path().join("easel.db").display());
     let extra = format!(
         "[auth]\ndiscord_token = \"test-token\"\n[discord]\ngateway_url = {:?}\n\
@@ -69,6 +117,7 @@ async fn start_with(discord: &str, more: &str, workers: u32, workers_toml: &str)
         workers,
         workers_toml,
         extra_toml: &extra,
+        env,
         ..ServerOptions::default()
     })
     .await;
@@ -642,6 +691,137 @@ async fn the_slash_command_end_to_end() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     store.close().await;
+}
+
+/// 4096×4096 is over the pixel limit: refused with its message whatever the model policy's
+/// failure policy is, while that policy cannot load — from a message, from `/art`, and over
+/// HTTP (Navigator's 400). Nothing is queued.
+#[tokio::test]
+async fn oversized_requests_are_refused_under_every_failure_policy() {
+    const REFUSAL: &str = "The total value of (Width * Height) must not exceed 3686400";
+    for policy in ["builtin", "fail-open", "fail-closed"] {
+        let more = format!(
+            "[plugins.roles]\nparser = \"parser-extended\"\nmodel-policy = \"missing\"\n\
+             [plugins.missing]\non_failure = \"{policy}\"\n"
+        );
+        let bot = start_bot(BotOptions {
+            discord: "announce = false\ncommands = \"off\"",
+            more: &more,
+            workers: 1,
+            plugins: &["parser-extended.wasm"],
+            ..BotOptions::default()
+        })
+        .await;
+        let id = bot
+            .fake
+            .message(ART, &alice(), "/art a fox --size 4096x4096")
+            .await;
+        bot.expect(ART, id, &["+👍", &format!("reply:{REFUSAL}")])
+            .await;
+
+        let (interaction, token) = bot
+            .fake
+            .slash_command(
+                Some(GUILD),
+                ART,
+                &alice(),
+                "art",
+                json!([
+                    {"name": "prompt", "type": 3, "value": "a fox"},
+                    {"name": "width", "type": 4, "value": 4096},
+                    {"name": "height", "type": 4, "value": 4096},
+                ]),
+            )
+            .await;
+        let original = format!("/api/v10/webhooks/{APP}/{token}/messages/@original");
+        bot.fake
+            .wait_for_calls(1, |c| c.is("PATCH", &original), TIMEOUT)
+            .await;
+        let calls = interaction_calls(&bot.fake, interaction, &token);
+        let said: Vec<(&str, &str)> = calls
+            .iter()
+            .map(|(what, json)| (what.as_str(), json["content"].as_str().unwrap_or("")))
+            .collect();
+        assert_eq!(
+            said,
+            [
+                ("callback", ""),
+                ("POST webhook", REFUSAL),
+                ("PATCH webhook/messages/@original", "Not queued: a fox"),
+            ],
+            "with on_failure = {policy}"
+        );
+
+        let response = reqwest::Client::new()
+            .post(bot.server.url("/api/queue/user/txt2img"))
+            .header("Authorization", &bot.server.token)
+            .json(&json!({"model_name": "m", "prompt": "a fox", "width": 4096, "height": 4096}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400);
+        assert_eq!(
+            response.json::<Value>().await.unwrap(),
+            json!({"error": REFUSAL})
+        );
+        let store = easel::store::Store::connect(&format!(
+            "sqlite://{}",
+            bot.server.dir.join("easel.db").display()
+        ))
+        .await
+        .unwrap();
+        assert!(store.jobs().await.unwrap().is_empty(), "nothing was queued");
+        store.close().await;
+    }
+}
+
+/// 2,000 requests through Discord while the job-event broadcast holds a single event: every
+/// request gets its picture (followers do not depend on the broadcast), and no job is still
+/// followed at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_job_gets_its_reply_with_a_tiny_event_buffer() {
+    const JOBS: usize = 2000;
+    let mut bot = start_bot(BotOptions {
+        discord: "announce = false\ncommands = \"off\"",
+        more: "[plugins.roles]\nparser = \"parser-extended\"\n",
+        workers: 4,
+        plugins: &["parser-extended.wasm"],
+        env: &[("EASEL_EVENT_BUFFER", "1")],
+        ..BotOptions::default()
+    })
+    .await;
+    let mut ids = Vec::with_capacity(JOBS);
+    for i in 0..JOBS {
+        let content = format!("/art fox {i} --size 64x64 --steps 2");
+        ids.push(bot.fake.message(ART, &alice(), &content).await);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    let with_picture = |c: &RestCall| !c.files.is_empty();
+    while bot.fake.count_calls(with_picture) < JOBS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} pictures of {JOBS}",
+            bot.fake.count_calls(with_picture)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pictures: Vec<RestCall> = bot.fake.calls().into_iter().filter(with_picture).collect();
+    let answered: std::collections::HashSet<String> = pictures
+        .iter()
+        .filter_map(|c| c.json.as_ref()?["message_reference"]["message_id"].as_str())
+        .map(str::to_owned)
+        .collect();
+    for id in &ids {
+        assert!(
+            answered.contains(&id.to_string()),
+            "message {id} got no picture"
+        );
+    }
+    let status = bot.server.terminate();
+    assert!(status.success(), "{status:?}");
+    let followed = bot.server.lines_with("jobs still followed at shutdown");
+    assert_eq!(followed.len(), 1, "{}", bot.server.stderr());
+    assert!(followed[0].ends_with("jobs=0"), "{}", followed[0]);
 }
 
 #[tokio::test]

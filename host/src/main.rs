@@ -55,6 +55,13 @@ enum Command {
         /// Name announced to the host (default: this machine's host name).
         #[arg(long)]
         hostname: Option<String>,
+        /// Models this worker has (comma-separated); the host sends only jobs for them (and
+        /// jobs that name no model). Default: any.
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// Largest width * height this worker draws; the host sends nothing larger.
+        #[arg(long = "max-pixels")]
+        max_pixels: Option<u64>,
         /// DEBUG, INFO, WARNING or ERROR.
         #[arg(
             long = "logging-level",
@@ -499,6 +506,8 @@ fn main() -> ExitCode {
             forge_url,
             step_ms,
             hostname,
+            models,
+            max_pixels,
             logging_level,
         } => {
             let level = match parse_level(&logging_level) {
@@ -524,6 +533,8 @@ fn main() -> ExitCode {
                     .ok()
                     .filter(|t| !t.is_empty()),
                 hostname: hostname.unwrap_or_else(easel::server::host_name),
+                models,
+                max_pixels,
             };
             block_on("error", easel::workers::client::run(options))
         }

@@ -564,6 +564,11 @@ impl FakeDiscord {
         self.shared.lock().calls.clone()
     }
 
+    /// How many REST calls so far satisfy `pred` (without copying them).
+    pub fn count_calls(&self, pred: impl Fn(&RestCall) -> bool) -> usize {
+        self.shared.lock().calls.iter().filter(|c| pred(c)).count()
+    }
+
     /// Waits until at least `n` calls satisfy `pred` and returns all calls that do. Panics on
     /// timeout, listing every call seen.
     pub async fn wait_for_calls(

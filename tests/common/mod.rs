@@ -241,6 +241,8 @@ pub struct ServerOptions<'a> {
     pub workers_toml: &'a str,
     /// More sections, appended at the end of the file.
     pub extra_toml: &'a str,
+    /// Environment variables for the server process.
+    pub env: &'a [(&'a str, &'a str)],
 }
 
 impl Default for ServerOptions<'_> {
@@ -253,6 +255,7 @@ impl Default for ServerOptions<'_> {
             secret_key: "",
             workers_toml: "",
             extra_toml: "",
+            env: &[],
         }
     }
 }
@@ -285,6 +288,7 @@ impl Server {
             .arg(options.dir.join("config.toml"))
             .current_dir(options.dir)
             .env("SUPERUSER_ADMIN_TOKEN", &token)
+            .envs(options.env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -340,6 +344,20 @@ impl Server {
             .filter(|l| l.contains(needle))
             .cloned()
             .collect()
+    }
+
+    /// SIGTERM, then waits for the server to stop by itself (a clean shutdown).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -TERM {pid}");
+        let status = self.child.wait().unwrap();
+        // The stderr reader has seen everything once the pipe closes.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && !self.stderr().contains("stopped") {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        status
     }
 
     /// `kill -9`.

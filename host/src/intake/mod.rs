@@ -4,10 +4,11 @@
 //! (parsing text stays with the front ends that read text), then:
 //!
 //! 1. [`Intake::admit`] asks the access plugin; only an [`Admitted`] caller can submit;
-//! 2. [`Intake::submit`] asks the model-policy plugin, fills what is still unset
-//!    ([`Txt2Img::with_defaults`]), applies the operator's hard limits ([`Limits`]) — which no
-//!    plugin and no failure policy can lift — and stores the job durably, returning its id,
-//!    the queue depth and, if asked, a [`JobWatch`] registered before the job could start.
+//! 2. [`Intake::submit`] checks the pixel limit on the request as asked, asks the model-policy
+//!    plugin, fills what is still unset ([`Txt2Img::with_defaults`]), applies the operator's
+//!    hard limits ([`Limits`]) — which no plugin and no failure policy can lift — and stores
+//!    the job durably, returning its id, the queue depth and, if asked, a [`JobWatch`]
+//!    registered before the job could start.
 //!
 //! Refusals are typed ([`Refusal`]: access, policy, limit, store), so each front end words
 //! them its own way (Discord: the seed's strings and the reactions plugin; HTTP: Navigator's
@@ -212,6 +213,21 @@ impl Limits {
         }
     }
 
+    /// The pixel limit on a request as asked (before the model policy; unset sides count at
+    /// their default), so that an oversized request gets the pixel-limit answer whatever the
+    /// policy is and whether it is available.
+    pub fn check_asked(&self, request: &Txt2Img) -> Result<(), LimitExceeded> {
+        let side = |v: u32| if v == 0 { 512 } else { u64::from(v) };
+        let asked = side(request.width) * side(request.height);
+        if asked > self.max_pixels {
+            return Err(LimitExceeded::Pixels {
+                limit: self.max_pixels,
+                asked,
+            });
+        }
+        Ok(())
+    }
+
     /// Whether `job` is within the limits.
     pub fn check(&self, job: &Txt2Img) -> Result<(), LimitExceeded> {
         if job.prompt.trim().is_empty() {
@@ -379,6 +395,7 @@ impl Intake {
         origin: Origin,
         follow: bool,
     ) -> Result<Submitted, Refusal> {
+        self.limits.check_asked(&request)?;
         let catalog = match self.catalog.models().await {
             Ok(models) => self.plugin_catalog.of(models),
             Err(err) => {
@@ -453,6 +470,16 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "The total value of (Width * Height) must not exceed 3686400"
+        );
+        assert_eq!(limits.check_asked(&huge), Err(err.clone()));
+        assert_eq!(
+            limits.check_asked(&Txt2Img {
+                width: 4096,
+                height: 0,
+                ..job()
+            }),
+            Ok(()),
+            "4096 x 512 (the default) fits"
         );
         assert_eq!(
             limits.check(&Txt2Img {

@@ -304,8 +304,8 @@ impl Runtime {
     }
 
     /// Ticks until `deadline` (plus one for the tick in progress).
-    fn deadline_ticks(&self) -> u64 {
-        (self.limits.deadline.as_micros() / TICK.as_micros()).max(1) as u64 + 1
+    fn deadline_ticks(deadline: Duration) -> u64 {
+        (deadline.as_micros() / TICK.as_micros()).max(1) as u64 + 1
     }
 
     /// Loads the plugin in `path`; its name is the file stem.
@@ -364,6 +364,7 @@ impl Runtime {
         .map_err(|err| invalid(one_line(&err)))?;
         // Type-check every export once, here, rather than failing on a user's request.
         let plugin = Plugin {
+            deadline: self.limits.deadline,
             runtime: self.clone(),
             name: Arc::from(name),
             sha256,
@@ -375,7 +376,12 @@ impl Runtime {
         Ok(plugin)
     }
 
-    fn store(&self, name: &Arc<str>, config: &Arc<Vec<(String, String)>>) -> Store<CallState> {
+    fn store(
+        &self,
+        name: &Arc<str>,
+        config: &Arc<Vec<(String, String)>>,
+        deadline: Duration,
+    ) -> Store<CallState> {
         let mut store = Store::new(
             &self.engine,
             CallState {
@@ -390,7 +396,7 @@ impl Runtime {
             },
         );
         store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(self.deadline_ticks());
+        store.set_epoch_deadline(Self::deadline_ticks(deadline));
         store
     }
 }
@@ -484,6 +490,8 @@ struct Indices {
 /// A loaded plugin: one compiled component, instantiated afresh for every call.
 #[derive(Clone)]
 pub struct Plugin {
+    /// How long one call may take (the runtime's deadline, unless told otherwise).
+    deadline: Duration,
     runtime: Arc<Runtime>,
     name: Arc<str>,
     sha256: String,
@@ -503,6 +511,12 @@ impl std::fmt::Debug for Plugin {
 }
 
 impl Plugin {
+    /// The same plugin with another deadline per call.
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
     /// The plugin's name (its file stem).
     pub fn name(&self) -> &str {
         &self.name
@@ -541,7 +555,7 @@ impl Plugin {
     /// functions have the wrong signatures is refused at load time.
     fn type_check(&self) -> wasmtime::Result<()> {
         let config = Arc::new(Vec::new());
-        let mut store = self.runtime.store(&self.name, &config);
+        let mut store = self.runtime.store(&self.name, &config, self.deadline);
         let instance = self.pre.instantiate(&mut store)?;
         let i = &self.indices;
         if let Some(x) = &i.parser {
@@ -569,14 +583,14 @@ impl Plugin {
         let fail = |err: wasmtime::Error| match err.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::Interrupt) => PluginError::Deadline {
                 name: self.name.to_string(),
-                deadline: self.runtime.limits.deadline,
+                deadline: self.deadline,
             },
             _ => PluginError::Call {
                 name: self.name.to_string(),
                 message: one_line(&err),
             },
         };
-        let mut store = self.runtime.store(&self.name, config);
+        let mut store = self.runtime.store(&self.name, config, self.deadline);
         let instance = self.pre.instantiate(&mut store).map_err(fail)?;
         match f(&self.indices, &mut store, &instance) {
             Some(result) => result.map_err(fail),

@@ -36,6 +36,9 @@ const QUIET: Duration = Duration::from_millis(20);
 /// the events of one rename or one `cp` are handled together.
 const SETTLED: Duration = Duration::from_millis(2);
 
+/// The shortest deadline of a call of a built-in plugin.
+pub const BUILTIN_DEADLINE: Duration = Duration::from_secs(1);
+
 /// What the parser answers when it failed and the policy is to fail closed.
 pub const PARSER_UNAVAILABLE: &str =
     "Sorry, I cannot read requests right now. Please try again later.";
@@ -173,12 +176,16 @@ impl Registry {
         self.entries.load().get(name)?.plugin.clone()
     }
 
-    /// The embedded default plugin of `role`.
+    /// The embedded default plugin of `role`. It is easel's own code, and its answer is what
+    /// the `builtin` policy promises, so it runs under a deadline of at least
+    /// [`BUILTIN_DEADLINE`] even when the plugins' deadline is shorter.
     pub fn builtin(&self, role: Role) -> Result<Plugin, String> {
         self.builtins[role_index(role)]
             .get_or_init(|| {
+                let deadline = self.runtime.limits().deadline.max(BUILTIN_DEADLINE);
                 self.runtime
                     .from_bytes(&format!("{role} (builtin)"), role.builtin())
+                    .map(|plugin| plugin.with_deadline(deadline))
                     .map_err(|err| err.to_string())
             })
             .clone()

@@ -42,6 +42,10 @@ pub struct WorkerOptions {
     pub token: Option<String>,
     /// Name sent as `hostname`.
     pub hostname: String,
+    /// Models announced (empty: any); the host sends only jobs for these.
+    pub models: Vec<String>,
+    /// Largest `width * height` announced; the host sends nothing larger.
+    pub max_pixels: Option<u64>,
 }
 
 /// Why the worker stopped.
@@ -91,8 +95,8 @@ fn ready_message(options: &WorkerOptions) -> String {
             Backend::Sim { .. } => "sim".into(),
             Backend::Forge { .. } => "forge".into(),
         },
-        models: Vec::new(),
-        max_pixels: None,
+        models: options.models.clone(),
+        max_pixels: options.max_pixels,
     };
     serde_json::json!({
         "type": "READY",
