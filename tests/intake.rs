@@ -237,23 +237,6 @@ async fn workers_get_only_what_they_can_run(engine: Engine) {
     db.cleanup().await;
 }
 
-macro_rules! per_engine {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Engine::Sqlite).await })*
-        }
-        mod mysql {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Engine::MySql).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Engine::Postgres).await })*
-        }
-    };
-}
-
 per_engine!(
     callers_wait_for_a_free_instance,
     a_plugin_past_its_deadline_gets_the_failure_policy,

@@ -9,7 +9,9 @@
 //! type-checked off the request path; every call gets a fresh `Store` and instance, so nothing
 //! leaks between users, with a memory cap enforced by `StoreLimits`. Traps, deadline and memory
 //! overruns are errors of that call only; the [`Registry`] applies the operator's failure
-//! policy. WASI 0.2 is linked deny-by-default (no files, sockets or environment) so components
+//! policy. Calls are async: the guest runs on the caller's task and yields to the executor at
+//! every tick, so it never holds an async thread for long; the deadline is wall-clock time,
+//! checked at every tick. WASI 0.2 is linked deny-by-default (no files, sockets or environment) so components
 //! built by toolchains that import it (C with wasi-libc, Python, JavaScript) load too.
 
 use std::path::Path;
@@ -46,6 +48,9 @@ mod v0_1 {
         path: "../wit",
         world: "easel-host",
         additional_derives: [PartialEq],
+        // Calls run on the caller's task and yield to the executor at every epoch tick, so a
+        // slow plugin never holds an async thread for its whole deadline.
+        exports: { default: async },
     });
 }
 
@@ -238,6 +243,8 @@ fn engine_config(limits: &Limits, pooling: bool) -> Config {
             .total_core_instances(slots * 4)
             .total_memories(slots * 2)
             .total_tables(slots * 4)
+            // One fiber stack per call in flight (calls are async).
+            .total_stacks(slots)
             .max_memory_size(limits.memory)
             // A fresh instance per call: keep the pages a call touched resident and reset only
             // those (found with the PAGEMAP_SCAN ioctl where the kernel has it) instead of
@@ -273,7 +280,7 @@ impl Runtime {
             &mut linker,
             |state| state,
         )
-        .and_then(|()| wasmtime_wasi::p2::add_to_linker_sync(&mut linker));
+        .and_then(|()| wasmtime_wasi::p2::add_to_linker_async(&mut linker));
         linked.map_err(|err| PluginError::Invalid {
             name: "engine".into(),
             message: one_line(&err),
@@ -301,11 +308,6 @@ impl Runtime {
     /// The limits every call runs under.
     pub fn limits(&self) -> Limits {
         self.limits
-    }
-
-    /// Ticks until `deadline` (plus one for the tick in progress).
-    fn deadline_ticks(deadline: Duration) -> u64 {
-        (deadline.as_micros() / TICK.as_micros()).max(1) as u64 + 1
     }
 
     /// Loads the plugin in `path`; its name is the file stem.
@@ -396,7 +398,17 @@ impl Runtime {
             },
         );
         store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(Self::deadline_ticks(deadline));
+        // At every tick: past the deadline the call traps (`Trap::Interrupt`); before it, the
+        // guest yields to the executor and goes on.
+        let until = std::time::Instant::now() + deadline;
+        store.epoch_deadline_callback(move |_| {
+            Ok(if std::time::Instant::now() >= until {
+                wasmtime::UpdateDeadline::Interrupt
+            } else {
+                wasmtime::UpdateDeadline::Yield(1)
+            })
+        });
+        store.set_epoch_deadline(1);
         store
     }
 }
@@ -556,7 +568,7 @@ impl Plugin {
     fn type_check(&self) -> wasmtime::Result<()> {
         let config = Arc::new(Vec::new());
         let mut store = self.runtime.store(&self.name, &config, self.deadline);
-        let instance = self.pre.instantiate(&mut store)?;
+        let instance = block_on(self.pre.instantiate_async(&mut store))?;
         let i = &self.indices;
         if let Some(x) = &i.parser {
             x.load(&mut store, &instance)?;
@@ -573,14 +585,23 @@ impl Plugin {
         Ok(())
     }
 
-    /// Runs `f` in a fresh instance within the runtime's limits.
-    fn call<R>(
+    /// A fresh instance in a store with the per-call limits.
+    async fn instantiate(
         &self,
-        role: Role,
-        config: &Arc<Vec<(String, String)>>,
-        f: impl FnOnce(&Indices, &mut Store<CallState>, &Instance) -> Option<wasmtime::Result<R>>,
-    ) -> Result<R, PluginError> {
-        let fail = |err: wasmtime::Error| match err.downcast_ref::<wasmtime::Trap>() {
+        config: &PluginConfig,
+    ) -> Result<(Store<CallState>, Instance), PluginError> {
+        let mut store = self.runtime.store(&self.name, config, self.deadline);
+        let instance = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|err| self.fail(err))?;
+        Ok((store, instance))
+    }
+
+    /// A call's error as this plugin's.
+    fn fail(&self, err: wasmtime::Error) -> PluginError {
+        match err.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::Interrupt) => PluginError::Deadline {
                 name: self.name.to_string(),
                 deadline: self.deadline,
@@ -589,87 +610,90 @@ impl Plugin {
                 name: self.name.to_string(),
                 message: one_line(&err),
             },
-        };
-        let mut store = self.runtime.store(&self.name, config, self.deadline);
-        let instance = self.pre.instantiate(&mut store).map_err(fail)?;
-        match f(&self.indices, &mut store, &instance) {
-            Some(result) => result.map_err(fail),
-            None => Err(PluginError::NoRole {
-                name: self.name.to_string(),
-                role,
-            }),
         }
     }
 
+    fn no_role(&self, role: Role) -> PluginError {
+        PluginError::NoRole {
+            name: self.name.to_string(),
+            role,
+        }
+    }
+}
+
+/// The calls of each role, async (on the caller's task: the guest yields to the executor at
+/// every epoch tick) and blocking (the same call driven on this thread, for tools and tests).
+macro_rules! role_calls {
+    ($(
+        $(#[$doc:meta])*
+        $blocking:ident / $call_async:ident: $index:ident, $role:expr, $export:ident
+            ($($arg:ident: $ty:ty),*) -> $out:ty;
+    )*) => {
+        impl Plugin {
+            $(
+                $(#[$doc])*
+                pub async fn $call_async(
+                    &self,
+                    config: &PluginConfig,
+                    $($arg: $ty),*
+                ) -> Result<$out, PluginError> {
+                    let guest = self.indices.$index.as_ref().ok_or_else(|| self.no_role($role))?;
+                    let (mut store, instance) = self.instantiate(config).await?;
+                    let answer = async {
+                        guest.load(&mut store, &instance)?.$export(&mut store, $($arg),*).await
+                    }
+                    .await;
+                    answer.map_err(|err| self.fail(err))
+                }
+
+                $(#[$doc])*
+                ///
+                /// Blocks this thread until the call is done (tools and tests).
+                pub fn $blocking(
+                    &self,
+                    config: &PluginConfig,
+                    $($arg: $ty),*
+                ) -> Result<$out, PluginError> {
+                    block_on(self.$call_async(config, $($arg),*))
+                }
+            )*
+        }
+    };
+}
+
+role_calls! {
     /// `parser.parse`.
-    pub fn parse(
-        &self,
-        config: &Arc<Vec<(String, String)>>,
-        content: &str,
-        caller: &Caller,
-    ) -> Result<Outcome, PluginError> {
-        self.call(Role::Parser, config, |i, store, instance| {
-            let guest = i.parser.as_ref()?;
-            Some(
-                guest
-                    .load(&mut *store, instance)
-                    .and_then(|g| g.call_parse(&mut *store, content, caller)),
-            )
-        })
-    }
-
+    parse / parse_async: parser, Role::Parser, call_parse
+        (content: &str, caller: &Caller) -> Outcome;
     /// `access.check`.
-    pub fn check(
-        &self,
-        config: &Arc<Vec<(String, String)>>,
-        caller: &Caller,
-    ) -> Result<Decision, PluginError> {
-        self.call(Role::Access, config, |i, store, instance| {
-            let guest = i.access.as_ref()?;
-            Some(
-                guest
-                    .load(&mut *store, instance)
-                    .and_then(|g| g.call_check(&mut *store, caller)),
-            )
-        })
-    }
-
+    check / check_async: access, Role::Access, call_check
+        (caller: &Caller) -> Decision;
     /// `reactions.on-stage`.
-    pub fn on_stage(
-        &self,
-        config: &Arc<Vec<(String, String)>>,
-        stage: Stage,
-        caller: &Caller,
-        request: Option<&JobRequest>,
-        info: &str,
-    ) -> Result<Vec<Action>, PluginError> {
-        self.call(Role::Reactions, config, |i, store, instance| {
-            let guest = i.reactions.as_ref()?;
-            Some(
-                guest
-                    .load(&mut *store, instance)
-                    .and_then(|g| g.call_on_stage(&mut *store, stage, caller, request, info)),
-            )
-        })
-    }
-
+    on_stage / on_stage_async: reactions, Role::Reactions, call_on_stage
+        (stage: Stage, caller: &Caller, request: Option<&JobRequest>, info: &str) -> Vec<Action>;
     /// `model-policy.decide`.
-    pub fn decide(
-        &self,
-        config: &Arc<Vec<(String, String)>>,
-        request: &JobRequest,
-        caller: &Caller,
-        catalog: &[Model],
-        limits: PolicyLimits,
-    ) -> Result<Verdict, PluginError> {
-        self.call(Role::ModelPolicy, config, |i, store, instance| {
-            let guest = i.model_policy.as_ref()?;
-            Some(
-                guest
-                    .load(&mut *store, instance)
-                    .and_then(|g| g.call_decide(&mut *store, request, caller, catalog, limits)),
-            )
-        })
+    decide / decide_async: model_policy, Role::ModelPolicy, call_decide
+        (request: &JobRequest, caller: &Caller, catalog: &[Model], limits: PolicyLimits)
+            -> Verdict;
+}
+
+/// Runs a future to completion on this thread (the blocking API, outside any runtime or on
+/// a thread that may block).
+pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut context = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return output;
+        }
+        std::thread::park();
     }
 }
 

@@ -14,7 +14,7 @@
 //! Calls are admitted by a semaphore with one permit per instance of the pool
 //! (`[plugins] instances`): a busy pool makes callers wait (at most their deadline), it is
 //! never a plugin failure and never exhausts the pool under the built-in fallback. Admitted
-//! calls run on tokio's blocking threads, at most `instances` of them.
+//! calls run on the caller's task (the guest yields at every epoch tick).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -148,6 +148,22 @@ impl Registry {
         for file in files {
             registry.reload(&file);
         }
+        // Compile the built-in plugins now, off the callers' way (a fallback to one would
+        // otherwise compile it on an async thread).
+        let weak = Arc::downgrade(&registry);
+        std::thread::Builder::new()
+            .name("easel-builtins".into())
+            .spawn(move || {
+                for role in Role::ALL {
+                    let Some(registry) = weak.upgrade() else {
+                        return;
+                    };
+                    if let Err(err) = registry.builtin(role) {
+                        tracing::error!(role = %role, error = %err, "the built-in plugin does not load");
+                    }
+                }
+            })
+            .expect("spawn a thread");
         registry
     }
 
@@ -353,7 +369,7 @@ impl Registry {
     /// Runs `call` with the plugin serving its role; on failure applies the plugin's policy:
     /// the closed or the open answer, or the built-in plugin's (then the closed answer if that
     /// fails too). The caller holds an instance of the pool for the whole of it.
-    fn serve(&self, call: &Call) -> Answer {
+    async fn serve(&self, call: &Call) -> Answer {
         let role = call.role();
         let settings = self.settings.load();
         let (name, policy) = self.policy_for(&settings, role);
@@ -361,7 +377,7 @@ impl Registry {
             let entries = self.entries.load();
             let entry = entries.get(&name);
             match entry.and_then(|e| e.plugin.as_ref()) {
-                Some(plugin) => match call.run(plugin, &settings.config_for(&name)) {
+                Some(plugin) => match call.run(plugin, &settings.config_for(&name)).await {
                     Ok(answer) => return answer,
                     Err(err) => {
                         if let Some(e) = entry {
@@ -379,20 +395,28 @@ impl Registry {
                 }
             }
         }
-        self.fall_back(call, policy, &settings)
+        self.fall_back(call, policy, &settings).await
     }
 
     /// The answer of `policy` for a call its plugin could not give.
-    fn fall_back(&self, call: &Call, policy: FailurePolicy, settings: &PluginSettings) -> Answer {
+    async fn fall_back(
+        &self,
+        call: &Call,
+        policy: FailurePolicy,
+        settings: &PluginSettings,
+    ) -> Answer {
         let role = call.role();
         match policy {
             FailurePolicy::FailClosed => call.closed(),
             FailurePolicy::FailOpen => call.open(),
             FailurePolicy::Builtin => {
-                let answer = self.builtin(role).and_then(|p| {
-                    call.run(&p, &settings.config_for(role.as_str()))
-                        .map_err(|e| e.to_string())
-                });
+                let answer = match self.builtin(role) {
+                    Ok(p) => call
+                        .run(&p, &settings.config_for(role.as_str()))
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(err) => Err(err),
+                };
                 match answer {
                     Ok(answer) => answer,
                     Err(err) => {
@@ -408,16 +432,14 @@ impl Registry {
     /// is free. A caller that waits longer than the deadline gets the answer of a call that
     /// ran past it — the closed or open answer at once, or the built-in plugin's once an
     /// instance frees up — counted as an admission timeout, never as a plugin failure.
-    async fn ask(self: &Arc<Self>, call: Call) -> Answer {
-        let permit = match self.admission.clone().try_acquire_owned() {
+    async fn ask(&self, call: Call) -> Answer {
+        let _permit = match self.admission.try_acquire() {
             Ok(permit) => permit,
             Err(_) => {
                 let waited = Instant::now();
-                let admitted = tokio::time::timeout(
-                    self.runtime.limits().deadline,
-                    self.admission.clone().acquire_owned(),
-                )
-                .await;
+                let admitted =
+                    tokio::time::timeout(self.runtime.limits().deadline, self.admission.acquire())
+                        .await;
                 self.admission_stats.waited(waited.elapsed());
                 match admitted {
                     Ok(permit) => permit.expect("the admission semaphore is never closed"),
@@ -429,54 +451,43 @@ impl Registry {
                         let (name, policy) = self.policy_for(&settings, call.role());
                         tracing::warn!(plugin = %name, role = %call.role(), on_failure = policy.as_str(), "no plugin instance free within the deadline");
                         if policy != FailurePolicy::Builtin {
-                            return self.fall_back(&call, policy, &settings);
+                            return self.fall_back(&call, policy, &settings).await;
                         }
-                        let permit = self
+                        let _permit = self
                             .admission
-                            .clone()
-                            .acquire_owned()
+                            .acquire()
                             .await
                             .expect("the admission semaphore is never closed");
-                        let this = self.clone();
-                        return tokio::task::spawn_blocking(move || {
-                            let _permit = permit;
-                            this.fall_back(&call, policy, &settings)
-                        })
-                        .await
-                        .expect("plugin calls do not panic");
+                        return self.fall_back(&call, policy, &settings).await;
                     }
                 }
             }
         };
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            this.serve(&call)
-        })
-        .await
-        .expect("plugin calls do not panic")
+        self.serve(&call).await
     }
 
     /// [`Registry::serve`] from a thread that may block (tools, tests, benchmarks): waits for
     /// an instance as long as it takes.
     fn ask_blocking(&self, call: Call) -> Answer {
-        let _permit = block_on(self.admission.acquire()).expect("never closed");
-        self.serve(&call)
+        super::block_on(async {
+            let _permit = self.admission.acquire().await.expect("never closed");
+            self.serve(&call).await
+        })
     }
 
     /// The parser role: what to do with a chat message.
-    pub async fn parse(self: &Arc<Self>, content: String, caller: Caller) -> Outcome {
+    pub async fn parse(&self, content: String, caller: Caller) -> Outcome {
         self.ask(Call::Parse { content, caller }).await.outcome()
     }
 
     /// The access role: may this caller use the bot here?
-    pub async fn check(self: &Arc<Self>, caller: Caller) -> Decision {
+    pub async fn check(&self, caller: Caller) -> Decision {
         self.ask(Call::Check { caller }).await.decision()
     }
 
     /// The reactions role: what to show at `stage`. A failure shows nothing.
     pub async fn on_stage(
-        self: &Arc<Self>,
+        &self,
         stage: Stage,
         caller: Caller,
         request: Option<JobRequest>,
@@ -494,7 +505,7 @@ impl Registry {
 
     /// The model-policy role: the request to run, or why not.
     pub async fn decide(
-        self: &Arc<Self>,
+        &self,
         request: JobRequest,
         caller: Caller,
         catalog: Arc<[Model]>,
@@ -616,26 +627,32 @@ impl Call {
         }
     }
 
-    fn run(&self, plugin: &Plugin, config: &PluginConfig) -> Result<Answer, PluginError> {
+    async fn run(&self, plugin: &Plugin, config: &PluginConfig) -> Result<Answer, PluginError> {
         Ok(match self {
             Call::Parse { content, caller } => {
-                Answer::Outcome(plugin.parse(config, content, caller)?)
+                Answer::Outcome(plugin.parse_async(config, content, caller).await?)
             }
-            Call::Check { caller } => Answer::Decision(plugin.check(config, caller)?),
+            Call::Check { caller } => Answer::Decision(plugin.check_async(config, caller).await?),
             Call::OnStage {
                 stage,
                 caller,
                 request,
                 info,
-            } => {
-                Answer::Actions(plugin.on_stage(config, *stage, caller, request.as_ref(), info)?)
-            }
+            } => Answer::Actions(
+                plugin
+                    .on_stage_async(config, *stage, caller, request.as_ref(), info)
+                    .await?,
+            ),
             Call::Decide {
                 request,
                 caller,
                 catalog,
                 limits,
-            } => Answer::Verdict(plugin.decide(config, request, caller, catalog, *limits)?),
+            } => Answer::Verdict(
+                plugin
+                    .decide_async(config, request, caller, catalog, *limits)
+                    .await?,
+            ),
         })
     }
 
@@ -725,25 +742,6 @@ pub struct AdmissionStatus {
     pub wait_ms_max: f64,
     /// Calls that waited past their deadline (answered by the failure policy).
     pub timeouts: u64,
-}
-
-/// Runs a future to completion on this thread (for the blocking API, outside any runtime).
-fn block_on<F: Future>(future: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut context = std::task::Context::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
-    loop {
-        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut context) {
-            return output;
-        }
-        std::thread::park();
-    }
 }
 
 /// How long a changed file waits before it is handed over, judged by what happened to it:

@@ -140,6 +140,22 @@ pub struct Completion<'a> {
     pub image: NewImage<'a>,
 }
 
+/// Binds the values of one [`NewJob`] row (see `insert_jobs`) to a query.
+macro_rules! bind_job {
+    ($query:expr, $job:expr, $now:expr) => {
+        $query
+            .bind($job.id)
+            .bind($job.kind)
+            .bind($job.request)
+            .bind($job.owner_id)
+            .bind($job.origin)
+            .bind($job.model)
+            .bind($job.pixels)
+            .bind($now)
+            .bind($now)
+    };
+}
+
 fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
@@ -160,16 +176,7 @@ impl Store {
         let inserted = on_pool!(self, pool => {
             let mut query = sqlx::query(all);
             for job in jobs {
-                query = query
-                    .bind(job.id)
-                    .bind(job.kind)
-                    .bind(job.request)
-                    .bind(job.owner_id)
-                    .bind(job.origin)
-                    .bind(job.model)
-                    .bind(job.pixels)
-                    .bind(now)
-                    .bind(now);
+                query = bind_job!(query, job, now);
             }
             query.execute(pool).await.map(|done| done.rows_affected())
         });
@@ -183,16 +190,7 @@ impl Store {
         let mut done = Vec::with_capacity(jobs.len());
         for job in jobs {
             let inserted = on_pool!(self, pool => {
-                sqlx::query(AssertSqlSafe(one.0.clone()))
-                    .bind(job.id)
-                    .bind(job.kind)
-                    .bind(job.request)
-                    .bind(job.owner_id)
-                    .bind(job.origin)
-                    .bind(job.model)
-                    .bind(job.pixels)
-                    .bind(now)
-                    .bind(now)
+                bind_job!(sqlx::query(AssertSqlSafe(one.0.clone())), job, now)
                     .execute(pool)
                     .await
                     .map(|done| done.rows_affected())
