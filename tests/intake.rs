@@ -135,15 +135,11 @@ async fn a_plugin_past_its_deadline_gets_the_failure_policy(engine: Engine) {
     // Each access call was stopped at its deadline or waited past it (the model-policy calls
     // that waited past theirs count as admission timeouts too).
     assert!(overruns + timeouts >= 500, "{overruns} + {timeouts}");
+    // Under this load even the fast model policy may pass 5 ms of wall-clock time (its task
+    // yields and waits its turn): then it too is answered by its failure policy, and counted
+    // as an overrun, not as a failure.
     let policy = plugin(&view, "model-policy");
-    assert_eq!(
-        (
-            policy["failed_calls"].as_u64(),
-            policy["deadline_overruns"].as_u64()
-        ),
-        (Some(0), Some(0)),
-        "{policy}"
-    );
+    assert_eq!(policy["failed_calls"], 0, "{policy}");
     eprintln!("slow plugin: {overruns} overruns, {timeouts} admission timeouts");
     drop(server);
     db.cleanup().await;

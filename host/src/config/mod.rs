@@ -82,6 +82,9 @@ pub struct Discord {
     /// Where the `/art` slash command is registered: `"global"`, `"guild"` (each guild the bot
     /// is in; appears at once) or `"off"`.
     pub commands: Commands,
+    /// REST requests per second the bot may make in all (Discord's global rate limit: 50,
+    /// more for bots Discord raised it for).
+    pub global_rate_limit: u16,
     /// `[discord.settings]`.
     pub settings: DiscordSettings,
     /// `[discord.style]`.
@@ -97,6 +100,7 @@ impl Default for Discord {
             allow_dms: false,
             threads: Threads::Parent,
             commands: Commands::Global,
+            global_rate_limit: 50,
             settings: DiscordSettings::default(),
             style: DiscordStyle::default(),
         }
@@ -666,6 +670,13 @@ impl Config {
                 key: "plugins.deadline_ms / plugins.memory_mib".to_owned(),
                 found: format!("{} / {}", self.plugins.deadline_ms, self.plugins.memory_mib),
                 expected: "1-60000 ms and at least 1 MiB".to_owned(),
+            });
+        }
+        if self.discord.global_rate_limit == 0 {
+            return Err(ConfigError::Invalid {
+                key: "discord.global_rate_limit".to_owned(),
+                found: "0".to_owned(),
+                expected: "at least 1 request per second".to_owned(),
             });
         }
         if !(1..=10_000).contains(&self.plugins.instances) {

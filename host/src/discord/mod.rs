@@ -125,7 +125,11 @@ pub fn start(config: &Config, services: Services) -> Result<DiscordHandle, Disco
     let _ = rustls::crypto::ring::default_provider().install_default();
     let token = config.auth.discord_token.trim().to_owned();
     let discord = &config.discord;
-    let mut http = twilight_http::Client::builder().token(token.clone());
+    let mut http = twilight_http::Client::builder()
+        .token(token.clone())
+        .ratelimiter(Some(twilight_http_ratelimiting::RateLimiter::new(
+            discord.global_rate_limit,
+        )));
     if !discord.api_base.is_empty() {
         let (host, plain) = proxy_of(&discord.api_base)?;
         http = http.proxy(host, plain);

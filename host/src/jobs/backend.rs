@@ -110,11 +110,15 @@ impl BackendPort {
     /// Waits until a job may have become claimable (or [`IDLE_RECHECK`] passed, for jobs
     /// queued by other hosts, or the backends stop).
     pub async fn wait_for_work(&mut self) {
-        let mut stop = self.stop.clone();
-        tokio::select! {
-            _ = self.work.changed() => {}
-            _ = stop.wait_for(|stopped| *stopped) => {}
-            () = tokio::time::sleep(IDLE_RECHECK) => {}
+        let stop = self.clone();
+        let lost = tokio::select! {
+            changed = self.work.changed() => changed.is_err(),
+            () = stop.stopped() => false,
+            () = tokio::time::sleep(IDLE_RECHECK) => false,
+        };
+        if lost {
+            // The job service is gone: nothing will wake us.
+            tokio::time::sleep(IDLE_RECHECK).await;
         }
     }
 

@@ -325,12 +325,13 @@ impl Pool {
         let mut last_summary = String::new();
         // A fresh host may have queued jobs already.
         let mut may_dispatch = true;
+        // Its own port, so that the wake-ups it has seen stay seen.
+        let mut work = self.port.clone();
         loop {
             if may_dispatch && !self.ready.is_empty() {
                 self.dispatch().await;
             }
             may_dispatch = false;
-            let mut work = self.port.clone();
             tokio::select! {
                 () = self.port.stopped() => break,
                 wire = inbound.recv() => match wire {
