@@ -25,6 +25,8 @@ use crate::jobs::{self, Backend, BackendPort, Expired, Lease, png_size};
 
 /// Easel workers heartbeat every second; three missed and they are gone.
 const HEARTBEAT_GRACE: Duration = Duration::from_secs(3);
+/// Most worker messages handled before the pool dispatches again.
+const INBOUND_BATCH: usize = 256;
 /// How many expired claims are remembered for late results.
 const EXPIRED_MEMORY: usize = 10_000;
 
@@ -334,15 +336,16 @@ impl Pool {
             may_dispatch = false;
             tokio::select! {
                 () = self.port.stopped() => break,
-                wire = inbound.recv() => match wire {
-                    Some(Wire::Message(identity, message)) => {
-                        may_dispatch = self.handle(identity, message).await;
+                wire = inbound.recv() => {
+                    let Some(wire) = wire else { break };
+                    may_dispatch = self.receive(wire).await;
+                    // Whatever else has arrived is handled before dispatching, so the workers
+                    // that became ready meanwhile share one claim.
+                    for _ in 0..INBOUND_BATCH {
+                        let Ok(wire) = inbound.try_recv() else { break };
+                        may_dispatch |= self.receive(wire).await;
                     }
-                    Some(Wire::Disconnected(identity)) => {
-                        self.lost(&identity, "worker disconnected").await;
-                    }
-                    None => break,
-                },
+                }
                 () = work.wait_for_work() => may_dispatch = true,
                 _ = tick.tick() => {
                     self.check_liveness().await;
@@ -359,6 +362,17 @@ impl Pool {
             }
         }
         tracing::info!("worker pool stopped; {}", self.stats.summary());
+    }
+
+    /// One message from the reader; whether dispatch may now find a ready worker.
+    async fn receive(&mut self, wire: Wire) -> bool {
+        match wire {
+            Wire::Message(identity, message) => self.handle(identity, message).await,
+            Wire::Disconnected(identity) => {
+                self.lost(&identity, "worker disconnected").await;
+                false
+            }
+        }
     }
 
     fn refresh_gauges(&self) {
