@@ -190,9 +190,19 @@ async fn watches_cannot_miss_the_end(engine: Engine) {
         .unwrap()
         .pop()
         .unwrap();
-    for step in 1..=3 {
+    for step in 1..=2 {
         lease.progress(step, 3).unwrap();
     }
+    // A live preview is stored with the job; the event says so, readers fetch it by id.
+    lease
+        .progress_with_preview(3, 3, b"preview-png")
+        .await
+        .unwrap();
+    let reader = s.jobs.reader();
+    assert_eq!(
+        reader.preview_png(id.as_str()).await.unwrap().as_deref(),
+        Some(&b"preview-png"[..])
+    );
     assert!(
         lease
             .finish("sim-0", b"png".to_vec(), "{}".into())
@@ -222,6 +232,8 @@ async fn watches_cannot_miss_the_end(engine: Engine) {
         .collect();
     assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
     assert!(watch.next().await.is_none(), "ended");
+    // The preview went with the job's end.
+    assert_eq!(reader.preview_png(id.as_str()).await.unwrap(), None);
     drop(watch);
 
     // A watch of a job that already ended reads its end from the store.
