@@ -131,19 +131,6 @@ async fn store_of(dir: &std::path::Path) -> Store {
         .unwrap()
 }
 
-/// Waits until the server has logged `needle` at least `n` times.
-async fn wait_log(server: &Server, needle: &str, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while server.lines_with(needle).len() < n {
-        assert!(
-            Instant::now() < deadline,
-            "fewer than {n} {needle:?} lines:\n{}",
-            server.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn queue(server: &Server, prompt: &str) -> String {
     let job = server
         .queue(
@@ -181,7 +168,7 @@ async fn seed_workers_fifo_exact_keys_intact_pngs() {
         Peer::seed(&server, "gpu-b", 0.05),
         Peer::seed(&server, "gpu-c", 0.05),
     ];
-    wait_log(&server, "worker joined", 3).await;
+    server.wait_log("worker joined", 3).await;
     for i in 5..24 {
         ids.push(queue(&server, &format!("pool {i}")).await);
     }
@@ -293,8 +280,8 @@ async fn deadline_requeues_and_late_output_is_judged() {
     // late OUTPUT is accepted because nobody finished the job yet.
     let png = server.wait_image(&id, Duration::from_secs(30)).await;
     assert_eq!(png, python_png("late"));
-    wait_log(&server, "late result accepted", 1).await;
-    assert!(!server.lines_with("deadline passed").is_empty());
+    server.wait_log("late result accepted", 1).await;
+    server.wait_log("deadline passed", 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,11 +315,7 @@ async fn max_faults_fails_the_job_with_a_reason() {
     };
     assert_eq!(row.faults, 2);
     assert!(row.last_error.unwrap().contains("worker disconnected"));
-    assert!(
-        !server
-            .lines_with("gave up after 2 worker faults")
-            .is_empty()
-    );
+    server.wait_log("gave up after 2 worker faults", 1).await;
     store.close().await;
 }
 
@@ -380,11 +363,7 @@ print("sent", flush=True)
         "not a PNG",
         "oversized message",
     ] {
-        assert!(
-            !server.lines_with(expected).is_empty(),
-            "no log line for {expected:?}:\n{}",
-            server.stderr()
-        );
+        server.wait_log(expected, 1).await;
     }
 }
 
@@ -417,11 +396,7 @@ async fn easel_worker_sim_gets_extended_jobs() {
     let row = store.job(&ids[0]).await.unwrap().unwrap();
     assert_eq!(row.backend.as_deref(), Some("worker:rusty"), "who drew it");
     store.close().await;
-    assert!(
-        !server.lines_with("backend=\"worker:rusty\"").is_empty(),
-        "{}",
-        server.stderr()
-    );
+    server.wait_log("backend=\"worker:rusty\"", 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -524,7 +499,7 @@ async fn worker_token_is_enforced() {
         seed.jobs().is_empty(),
         "a worker without the token got a job"
     );
-    wait_log(&server, "READY refused", 2).await;
+    server.wait_log("READY refused", 2).await;
     assert!(!server.stderr().contains("sekrit-token"), "token logged");
 }
 
@@ -609,7 +584,7 @@ async fn host_restart_workers_reconnect_and_every_job_finishes_once() {
     }
     // Every worker announced itself to the new host (asked to by REANNOUNCE, or after
     // reconnecting) and took part.
-    wait_log(&host, "worker joined", 3).await;
+    host.wait_log("worker joined", 3).await;
     for worker in &workers {
         assert!(
             worker.lines().iter().any(|l| l.contains("retry_in=")),
@@ -687,7 +662,8 @@ async fn chaos() {
             other => panic!("job {} ended {other:?}", row.id),
         }
     }
-    let finished_lines = server.lines_with("job finished");
+    // Every finished job's log line, including those still in the pipe.
+    let finished_lines = server.wait_log("job finished", JOBS - failed).await;
     let mut per_id: HashMap<String, usize> = HashMap::new();
     for line in &finished_lines {
         if let Some(rest) = line.split("job_id=").nth(1) {

@@ -248,6 +248,8 @@ pub struct Server {
     pub token: String,
     pub dir: PathBuf,
     lines: Arc<Mutex<Vec<String>>>,
+    /// Copies stderr into `lines`; finished once the pipe has closed.
+    reader: std::thread::JoinHandle<()>,
 }
 
 /// How to start a server.
@@ -317,7 +319,7 @@ impl Server {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = lines.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 sink.lock().unwrap().push(line);
             }
@@ -329,6 +331,7 @@ impl Server {
             token,
             dir: options.dir.to_owned(),
             lines,
+            reader,
         };
         server.wait_ready().await;
         server
@@ -366,6 +369,24 @@ impl Server {
             .collect()
     }
 
+    /// Waits (at most 30 s) until the server has logged `needle` at least `n` times; those lines.
+    /// Log lines reach the test through a pipe, after the response that caused them.
+    pub async fn wait_log(&self, needle: &str, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let lines = self.lines_with(needle);
+            if lines.len() >= n {
+                return lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} {needle:?} lines:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGTERM, then waits for the server to stop by itself (a clean shutdown).
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
@@ -374,7 +395,7 @@ impl Server {
         let status = self.child.wait().unwrap();
         // The stderr reader has seen everything once the pipe closes.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline && !self.stderr().contains("stopped") {
+        while Instant::now() < deadline && !self.reader.is_finished() {
             std::thread::sleep(Duration::from_millis(20));
         }
         status
