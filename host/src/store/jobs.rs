@@ -5,9 +5,11 @@
 //! claim (requeued, interrupted, finished elsewhere) changes nothing, and the new sequence
 //! number of a fenced change is always the fence plus one.
 
+use std::collections::HashMap;
+
 use sqlx::AssertSqlSafe;
 
-use super::{JobStatus, NewImage, Pool, Result, Store, now_ms, retry_transient};
+use super::{DatabaseKind, JobStatus, NewImage, Pool, Result, Store, now_ms, retry_transient};
 
 /// One row of `jobs`.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -377,64 +379,105 @@ impl Store {
     }
 
     async fn finish_jobs_once(&self, items: &[Completion<'_>]) -> Result<Vec<Option<i64>>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
         let _turn = self.write_turn().await;
-        const SET: &str = "UPDATE jobs SET status = 'finished', finished_at = ?, updated_at = ?, \
-             last_error = NULL, preview = NULL, backend = ?, event_seq = event_seq + 1";
-        let current = self.sql(&format!(
-            "{SET} WHERE id = ? AND status = 'running' AND event_seq = ?"
-        ));
-        let late = self.sql(&format!(
-            "{SET} WHERE id = ? AND status IN ('queued', 'running')"
-        ));
-        let seq_of = self.sql("SELECT event_seq FROM jobs WHERE id = ?");
-        let insert = self.sql(
-            "INSERT INTO images (id, owner_id, png, info, width, height, category_id, created_at) \
-             SELECT id, owner_id, ?, ?, ?, ?, ?, ? FROM jobs WHERE id = ?",
-        );
         let now = now_ms();
+        // Three statements for the whole batch: read (and lock) the jobs' states, finish the
+        // ones whose claim still holds, store their images.
+        let ids = vec!["?"; items.len()].join(", ");
+        // SQLite takes the write lock at BEGIN (a read transaction that later writes would
+        // fail with SQLITE_BUSY if another connection wrote meanwhile); the others lock the
+        // rows they read.
+        let (begin, lock) = match self.kind {
+            DatabaseKind::Sqlite => ("BEGIN IMMEDIATE", ""),
+            DatabaseKind::MySql | DatabaseKind::Postgres => ("BEGIN", " FOR UPDATE"),
+        };
+        let read = self.sql(&format!(
+            "SELECT id, owner_id, status, event_seq FROM jobs WHERE id IN ({ids}) \
+             ORDER BY id{lock}"
+        ));
         let done = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let mut done = Vec::with_capacity(items.len());
+            let mut tx = pool.begin_with(begin).await?;
+            let mut query = sqlx::query_as::<_, (String, String, String, i64)>(read);
             for item in items {
-                let update = match item.fence {
-                    Some(fence) => sqlx::query(AssertSqlSafe(current.0.clone()))
-                        .bind(now)
-                        .bind(now)
-                        .bind(item.backend)
-                        .bind(item.id)
-                        .bind(fence),
-                    None => sqlx::query(AssertSqlSafe(late.0.clone()))
-                        .bind(now)
-                        .bind(now)
-                        .bind(item.backend)
-                        .bind(item.id),
-                };
-                if update.execute(&mut *tx).await?.rows_affected() != 1 {
-                    done.push(None);
-                    continue;
+                query = query.bind(item.id);
+            }
+            let states: HashMap<String, (String, String, i64)> = query
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .map(|(id, owner, status, seq)| (id, (owner, status, seq)))
+                .collect();
+            // A claim holds when the job still runs at the fence; a late result (no fence) is
+            // taken while nobody has finished the job. The first result for a job wins.
+            let mut taken: HashMap<&str, i64> = HashMap::new();
+            let accepted: Vec<Option<(&Completion<'_>, &str, i64)>> = items
+                .iter()
+                .map(|item| {
+                    let (owner, status, seq) = states.get(item.id)?;
+                    let holds = match item.fence {
+                        Some(fence) => status == "running" && *seq == fence,
+                        None => status == "queued" || status == "running",
+                    };
+                    if !holds || taken.contains_key(item.id) {
+                        return None;
+                    }
+                    taken.insert(item.id, seq + 1);
+                    Some((item, owner.as_str(), seq + 1))
+                })
+                .collect();
+            let finished: Vec<_> = accepted.iter().flatten().collect();
+            if !finished.is_empty() {
+                let list = vec!["?"; finished.len()].join(", ");
+                let backend = "WHEN ? THEN ? ".repeat(finished.len());
+                let update = self.sql(&format!(
+                    "UPDATE jobs SET status = 'finished', finished_at = ?, updated_at = ?, \
+                     last_error = NULL, preview = NULL, event_seq = event_seq + 1, \
+                     backend = CASE id {backend}END WHERE id IN ({list})"
+                ));
+                let mut query = sqlx::query(update).bind(now).bind(now);
+                for (item, _, _) in &finished {
+                    query = query.bind(item.id).bind(item.backend);
                 }
-                let image = &item.image;
-                sqlx::query(AssertSqlSafe(insert.0.clone()))
-                    .bind(image.png)
-                    .bind(image.info)
-                    .bind(i64::from(image.width))
-                    .bind(i64::from(image.height))
-                    .bind(image.category_id)
-                    .bind(now)
-                    .bind(item.id)
-                    .execute(&mut *tx)
-                    .await?;
-                let seq = match item.fence {
-                    Some(fence) => fence + 1,
-                    None => sqlx::query_scalar::<_, i64>(AssertSqlSafe(seq_of.0.clone()))
+                for (item, _, _) in &finished {
+                    query = query.bind(item.id);
+                }
+                let changed = query.execute(&mut *tx).await?.rows_affected();
+                if changed != finished.len() as u64 {
+                    // Cannot happen under the lock; never store images for jobs left as they were.
+                    return Err(sqlx::Error::Protocol(format!(
+                        "finished {changed} of {} jobs",
+                        finished.len()
+                    ))
+                    .into());
+                }
+                let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; finished.len()].join(", ");
+                let insert = self.sql(&format!(
+                    "INSERT INTO images (id, owner_id, png, info, width, height, category_id, \
+                     created_at) VALUES {rows}"
+                ));
+                let mut query = sqlx::query(insert);
+                for (item, owner, _) in &finished {
+                    let image = &item.image;
+                    query = query
                         .bind(item.id)
-                        .fetch_one(&mut *tx)
-                        .await?,
-                };
-                done.push(Some(seq));
+                        .bind(*owner)
+                        .bind(image.png)
+                        .bind(image.info)
+                        .bind(i64::from(image.width))
+                        .bind(i64::from(image.height))
+                        .bind(image.category_id)
+                        .bind(now);
+                }
+                query.execute(&mut *tx).await?;
             }
             tx.commit().await?;
-            done
+            accepted
+                .iter()
+                .map(|done| done.map(|(_, _, seq)| seq))
+                .collect::<Vec<_>>()
         });
         Ok(done)
     }
