@@ -106,8 +106,8 @@ async fn start_bot(options: BotOptions<'_>) -> Bot {
     }
     let db = format!("sqlite://{}", dir.path().join("easel.db").display());
     let extra = format!(
-        "[auth]\ndiscord_token = \"test-token\"\n[discord]\ngateway_url = {:?}\n\
-         api_base = \"http://{}\"\n{discord}\n{more}\n",
+        "[auth]\ndiscord_token = \"test-token\"\n[grpc]\nenabled = false\n\
+         [discord]\ngateway_url = {:?}\napi_base = \"http://{}\"\n{discord}\n{more}\n",
         fake.gateway_url, fake.api_host
     );
     let server = Server::start(ServerOptions {

@@ -482,9 +482,9 @@ async fn rest_calls_are_recorded_and_answered() {
     assert!(again.is_err());
 
     // Unknown routes: 404, recorded.
-    assert!(http.guild(Id::new(GUILD)).await.is_err());
+    assert!(http.roles(Id::new(GUILD)).await.is_err());
     let unknown = fake
-        .wait_for_calls(1, |c| c.is("GET", "/api/v10/guilds/100"), TIMEOUT)
+        .wait_for_calls(1, |c| c.is("GET", "/api/v10/guilds/100/roles"), TIMEOUT)
         .await;
     assert_eq!(unknown[0].status, 404);
     assert_eq!(

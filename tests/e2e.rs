@@ -368,5 +368,8 @@ async fn generated_superuser_token_is_written_not_logged() {
     let token = std::fs::read_to_string(&token_file).unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains(token.trim()), "generated token was logged");
-    assert!(stderr.contains("Discord front end off"), "{stderr}");
+    assert!(
+        stderr.contains("Discord front end and gRPC API off"),
+        "{stderr}"
+    );
 }

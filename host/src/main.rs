@@ -70,6 +70,22 @@ enum Command {
         )]
         logging_level: String,
     },
+    /// Send a Discord message through a running easel's gRPC API (as discordproxymessage).
+    Send {
+        /// `direct` (to a user) or `channel`.
+        #[arg(value_parser = ["direct", "channel"])]
+        kind: String,
+        /// The user id (direct) or channel id (channel).
+        recipient_id: u64,
+        /// The message.
+        content: String,
+        /// The gRPC server's host.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// The gRPC server's port.
+        #[arg(long, default_value_t = 50051)]
+        port: u16,
+    },
     /// Inspect and try plugins without a running server.
     Plugin {
         #[command(subcommand)]
@@ -155,6 +171,16 @@ enum Bench {
         /// Database URL (default: a temporary SQLite file).
         #[arg(long)]
         database: Option<String>,
+    },
+    /// gRPC SendChannelMessage calls (to an in-process Discord REST) against the gRPC health
+    /// check on the same server.
+    Grpc {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Concurrencies to measure at (comma-separated; one connection each).
+        #[arg(long, value_delimiter = ',', default_value = "1,16,50")]
+        concurrency: Vec<usize>,
     },
     /// Worker-pool dispatch throughput and queue-to-worker latency (in-process ZeroMQ workers).
     Pool {
@@ -437,6 +463,42 @@ fn plugin_command(command: PluginCommand) -> Result<(), ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Send {
+            kind,
+            recipient_id,
+            content,
+            host,
+            port,
+        } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            let target = if kind == "direct" {
+                easel::grpc::Recipient::User(recipient_id)
+            } else {
+                easel::grpc::Recipient::Channel(recipient_id)
+            };
+            // The token never goes on the command line (it would show in `ps`).
+            let token = std::env::var("EASEL_GRPC_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty());
+            match runtime.block_on(easel::grpc::send(
+                &format!("http://{host}:{port}"),
+                token.as_deref(),
+                target,
+                &content,
+            )) {
+                Ok(()) => {
+                    println!("Message sent");
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    println!("ERROR: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Plugin { what } => match plugin_command(what) {
             Ok(()) => ExitCode::SUCCESS,
             Err(code) => code,
@@ -480,6 +542,18 @@ fn main() -> ExitCode {
                 seconds,
                 concurrency,
                 database,
+            }),
+        ),
+        Command::Bench {
+            what: Bench::Grpc {
+                seconds,
+                concurrency,
+            },
+        } => block_on(
+            "bench failed",
+            easel::bench::grpc(easel::bench::GrpcBenchOptions {
+                seconds,
+                concurrency,
             }),
         ),
         Command::Bench {

@@ -116,6 +116,24 @@ impl Channel {
         }
     }
 
+    /// A voice channel.
+    pub fn voice(id: u64, name: &str) -> Channel {
+        Channel {
+            id,
+            name: name.to_owned(),
+            kind: ChannelKind::Voice,
+        }
+    }
+
+    /// A category.
+    pub fn category(id: u64, name: &str) -> Channel {
+        Channel {
+            id,
+            name: name.to_owned(),
+            kind: ChannelKind::Category,
+        }
+    }
+
     /// A public thread under `parent_id`.
     pub fn thread(id: u64, name: &str, parent_id: u64) -> Channel {
         Channel {
@@ -131,6 +149,10 @@ impl Channel {
 pub enum ChannelKind {
     /// `GUILD_TEXT` (type 0).
     Text,
+    /// `GUILD_VOICE` (type 2).
+    Voice,
+    /// `GUILD_CATEGORY` (type 4).
+    Category,
     /// `PUBLIC_THREAD` (type 11) whose parent is the given text channel.
     PublicThread {
         /// The channel the thread lives in.
@@ -282,6 +304,8 @@ struct FakeState {
     errors: Vec<String>,
     /// Pending one-shot 429s: (method, path prefix, retry after seconds).
     rate_limits: Vec<(String, String, f64)>,
+    /// Pending failures: (method, path prefix, status, raw body, how many more times).
+    failures: Vec<(String, String, u16, String, u32)>,
     /// Every message the fake knows (injected or created via REST), REST shape.
     messages: HashMap<u64, Value>,
     /// Interaction token → what the fake dispatched.
@@ -333,6 +357,7 @@ impl FakeDiscord {
                 close_request: None,
                 errors: Vec::new(),
                 rate_limits: Vec::new(),
+                failures: Vec::new(),
                 messages: HashMap::new(),
                 interactions: HashMap::new(),
                 originals: HashMap::new(),
@@ -460,6 +485,8 @@ impl FakeDiscord {
             data["channel_type"] = json!(match st.find_channel(channel_id) {
                 Some((_, ch)) => match ch.kind {
                     ChannelKind::Text => 0,
+                    ChannelKind::Voice => 2,
+                    ChannelKind::Category => 4,
                     ChannelKind::PublicThread { .. } => 11,
                 },
                 None => 1,
@@ -534,7 +561,7 @@ impl FakeDiscord {
             guild.channels.push(channel.clone());
             let mut data = channel_json(Some(guild_id), &channel, &self.bot);
             let event = match channel.kind {
-                ChannelKind::Text => "CHANNEL_CREATE",
+                ChannelKind::Text | ChannelKind::Voice | ChannelKind::Category => "CHANNEL_CREATE",
                 ChannelKind::PublicThread { .. } => {
                     data["newly_created"] = json!(true);
                     "THREAD_CREATE"
@@ -660,6 +687,23 @@ impl FakeDiscord {
             path_prefix.to_owned(),
             retry_after_secs,
         ));
+    }
+
+    /// Answers the next `times` REST calls whose method is `method` and whose decoded path
+    /// starts with `path_prefix` with `status` and the raw `body` (no rate-limit headers).
+    pub fn fail_next(&self, method: &str, path_prefix: &str, status: u16, body: &str, times: u32) {
+        self.shared.lock().failures.push((
+            method.to_uppercase(),
+            path_prefix.to_owned(),
+            status,
+            body.to_owned(),
+            times,
+        ));
+    }
+
+    /// Makes a user known to `GET /users/{id}` (and DMs to them possible).
+    pub fn add_user(&self, user: &Author) {
+        self.shared.lock().users.insert(user.id, user.clone());
     }
 
     /// Hosts `bytes` at a URL on the fake and returns an attachment object for it, for
@@ -1234,6 +1278,16 @@ fn channel_json(guild_id: Option<u64>, ch: &Channel, bot: &Author) -> Value {
             "permission_overwrites": [], "nsfw": false, "topic": null,
             "last_message_id": null, "rate_limit_per_user": 0, "parent_id": null, "flags": 0,
         }),
+        ChannelKind::Voice => json!({
+            "id": ch.id.to_string(), "type": 2, "name": ch.name, "position": 1,
+            "permission_overwrites": [], "nsfw": false, "bitrate": 64000, "user_limit": 0,
+            "rtc_region": null, "last_message_id": null, "rate_limit_per_user": 0,
+            "parent_id": null, "flags": 0,
+        }),
+        ChannelKind::Category => json!({
+            "id": ch.id.to_string(), "type": 4, "name": ch.name, "position": 2,
+            "permission_overwrites": [], "nsfw": false, "parent_id": null, "flags": 0,
+        }),
         ChannelKind::PublicThread { parent_id } => json!({
             "id": ch.id.to_string(), "type": 11, "name": ch.name,
             "parent_id": parent_id.to_string(), "owner_id": bot.id.to_string(),
@@ -1318,6 +1372,9 @@ enum Shape {
     Commands,
     Application,
     CurrentUser,
+    User,
+    Guild,
+    Channels,
     Any,
 }
 
@@ -1387,6 +1444,11 @@ impl Reply {
             }
             Shape::CurrentUser => {
                 serde_json::from_value::<twilight_model::user::CurrentUser>(v).map(drop)
+            }
+            Shape::User => serde_json::from_value::<twilight_model::user::User>(v).map(drop),
+            Shape::Guild => serde_json::from_value::<twilight_model::guild::Guild>(v).map(drop),
+            Shape::Channels => {
+                serde_json::from_value::<Vec<twilight_model::channel::Channel>>(v).map(drop)
             }
             Shape::Any => Ok(()),
         };
@@ -1482,6 +1544,40 @@ async fn rest_handler(State(shared): State<Arc<Shared>>, request: Request) -> Re
         set("x-ratelimit-reset", format!("{reset:.3}"));
         set("x-ratelimit-reset-after", format!("{secs:.3}"));
         return response;
+    }
+
+    let failure = {
+        let mut st = shared.lock();
+        let hit = st.failures.iter().position(|(m, prefix, ..)| {
+            *m == call.method && call.path.starts_with(prefix.as_str())
+        });
+        hit.map(|i| {
+            let entry = &mut st.failures[i];
+            entry.4 -= 1;
+            let answer = (entry.2, entry.3.clone());
+            if entry.4 == 0 {
+                st.failures.remove(i);
+            }
+            answer
+        })
+    };
+    if let Some((status, body)) = failure {
+        call.status = status;
+        call.response = serde_json::from_str(&body).ok();
+        shared.lock().calls.push(call);
+        let is_json = serde_json::from_str::<Value>(&body).is_ok();
+        return Response::builder()
+            .status(StatusCode::from_u16(status).unwrap())
+            .header(
+                header::CONTENT_TYPE,
+                if is_json {
+                    "application/json"
+                } else {
+                    "text/html"
+                },
+            )
+            .body(Body::from(body))
+            .unwrap();
     }
 
     let reply = route(&shared, &call).validated();
@@ -1609,6 +1705,57 @@ fn route(shared: &Shared, call: &RestCall) -> Reply {
             }),
         ),
         ("GET", ["users", "@me"]) => Reply::ok(Shape::CurrentUser, current_user_json(&shared.bot)),
+        ("GET", ["users", uid]) => match id(uid).and_then(|u| shared.lock().users.get(&u).cloned())
+        {
+            Some(user) => Reply::ok(Shape::User, user_json(&user)),
+            None => Reply::error(404, "Unknown User", 10013),
+        },
+        ("POST", ["users", "@me", "channels"]) => {
+            let recipient = json
+                .and_then(|j| j.get("recipient_id"))
+                .and_then(|r| {
+                    r.as_str()
+                        .map(str::to_owned)
+                        .or_else(|| r.as_u64().map(|n| n.to_string()))
+                })
+                .and_then(|r| r.parse::<u64>().ok());
+            let mut st = shared.lock();
+            let Some(user) = recipient.and_then(|u| st.users.get(&u).cloned()) else {
+                return Reply::error(400, "Invalid Recipient(s)", 50033);
+            };
+            let existing = st
+                .dm_recipients
+                .iter()
+                .find(|(_, a)| a.id == user.id)
+                .map(|(c, _)| *c);
+            let cid = existing.unwrap_or_else(|| st.next_id());
+            st.dm_recipients.insert(cid, user.clone());
+            Reply::ok(Shape::Channel, dm_channel_json(cid, Some(&user)))
+        }
+        ("GET", ["guilds", gid]) => {
+            let st = shared.lock();
+            match id(gid).and_then(|g| st.guilds.iter().find(|x| x.id == g)) {
+                Some(guild) => Reply::ok(Shape::Guild, guild_data(&shared.bot, guild)),
+                None => Reply::error(404, "Unknown Guild", 10004),
+            }
+        }
+        ("GET", ["guilds", gid, "channels"]) => {
+            let st = shared.lock();
+            match id(gid).and_then(|g| st.guilds.iter().find(|x| x.id == g)) {
+                Some(guild) => Reply::ok(
+                    Shape::Channels,
+                    Value::Array(
+                        guild
+                            .channels
+                            .iter()
+                            .filter(|c| !matches!(c.kind, ChannelKind::PublicThread { .. }))
+                            .map(|c| channel_json(Some(guild.id), c, &shared.bot))
+                            .collect(),
+                    ),
+                ),
+                None => Reply::error(404, "Unknown Guild", 10004),
+            }
+        }
         ("POST", ["interactions", iid, token, "callback"]) => {
             interaction_callback(shared, id(iid), token, json, &call.files)
         }

@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 
-use super::{BenchError, on_database, percentile};
+use super::{BenchError, Load, on_database};
 use crate::store::Store;
 
 /// What `easel bench api` measures.
@@ -105,14 +105,6 @@ async fn start_server(url: &str) -> Result<Server, BenchError> {
     Ok(server)
 }
 
-/// One measurement: requests answered per second, and latency percentiles.
-struct Load {
-    rate: f64,
-    p50: Duration,
-    p99: Duration,
-    errors: usize,
-}
-
 /// `concurrency` connections sending `request` back to back for `seconds`.
 async fn load(
     port: u16,
@@ -161,14 +153,7 @@ async fn load(
         times.append(&mut t);
         errors += e;
     }
-    let elapsed = started.elapsed().max(Duration::from_secs_f64(seconds));
-    times.sort();
-    Ok(Load {
-        rate: times.len() as f64 / elapsed.as_secs_f64(),
-        p50: percentile(&times, 50.0),
-        p99: percentile(&times, 99.0),
-        errors,
-    })
+    Ok(Load::from_times(times, errors, started, seconds))
 }
 
 async fn api_on(url: &str, options: &ApiBenchOptions) -> Result<(), BenchError> {

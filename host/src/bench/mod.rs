@@ -4,9 +4,11 @@
 //! * `jobs` — the job pipeline against the store alone;
 //! * `pool` — worker-pool dispatch against a bare ZeroMQ round-trip loop;
 //! * `plugins` — plugin calls against a trivial component, and reload latency;
-//! * `api` — authenticated submits over HTTP against `GET /` on the same server.
+//! * `api` — authenticated submits over HTTP against `GET /` on the same server;
+//! * `grpc` — gRPC sends (to an in-process Discord REST) against the gRPC health check.
 
 mod api;
+mod grpc;
 mod jobs;
 mod plugins;
 mod pool;
@@ -14,6 +16,7 @@ mod pool;
 use std::time::Duration;
 
 pub use api::{ApiBenchOptions, api};
+pub use grpc::{GrpcBenchOptions, grpc};
 pub use jobs::{BenchOptions, run};
 pub use plugins::plugins;
 pub use pool::{PoolBenchOptions, pool};
@@ -52,6 +55,33 @@ fn request(i: usize, size: u32) -> Txt2Img {
         ..Txt2Img::default()
     }
     .with_defaults()
+}
+
+/// One load measurement: calls answered per second, and latency percentiles.
+struct Load {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+    errors: usize,
+}
+
+impl Load {
+    /// From the times of the calls made since `started` by clients that ran for `seconds`.
+    fn from_times(
+        mut times: Vec<Duration>,
+        errors: usize,
+        started: std::time::Instant,
+        seconds: f64,
+    ) -> Self {
+        let elapsed = started.elapsed().max(Duration::from_secs_f64(seconds));
+        times.sort();
+        Load {
+            rate: times.len() as f64 / elapsed.as_secs_f64(),
+            p50: percentile(&times, 50.0),
+            p99: percentile(&times, 99.0),
+            errors,
+        }
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -38,6 +38,8 @@ pub struct Config {
     pub workers: Workers,
     /// `[plugins]`: the policy plugins, their roles and settings.
     pub plugins: Plugins,
+    /// `[grpc]`: the discordproxy-compatible gRPC API.
+    pub grpc: Grpc,
 }
 
 /// `[auth]`.
@@ -85,6 +87,14 @@ pub struct Discord {
     /// REST requests per second the bot may make in all (Discord's global rate limit: 50,
     /// more for bots Discord raised it for).
     pub global_rate_limit: u16,
+    /// Connect the gateway (read messages, `/art`). Off: the bot only sends (the gRPC API),
+    /// as discordproxy is often run.
+    pub gateway: bool,
+    /// Attempts of a REST call (gRPC sends) through rate limits and server errors.
+    pub rest_tries: u32,
+    /// Back-off unit after a Discord server error, in milliseconds: the wait after try `n`
+    /// (from 0) is `unit * (1 + 2n)`, i.e. 1, 3, 5, 7, 9 s by default.
+    pub server_error_backoff_ms: u64,
     /// `[discord.settings]`.
     pub settings: DiscordSettings,
     /// `[discord.style]`.
@@ -101,6 +111,9 @@ impl Default for Discord {
             threads: Threads::Parent,
             commands: Commands::Global,
             global_rate_limit: 50,
+            gateway: true,
+            rest_tries: 5,
+            server_error_backoff_ms: 1000,
             settings: DiscordSettings::default(),
             style: DiscordStyle::default(),
         }
@@ -266,6 +279,44 @@ impl fmt::Debug for Api {
             .field("superuser_token_file", &self.superuser_token_file)
             .field("secret_key", &Redacted(&self.secret_key))
             .field("image_pixel_limit", &self.image_pixel_limit)
+            .finish()
+    }
+}
+
+/// `[grpc]`: discordproxy's gRPC API (`discordproxyserver --host/--port`), served while a bot
+/// token is configured.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct Grpc {
+    /// Serve it (when a bot token is configured).
+    pub enabled: bool,
+    /// Listen address; anything but loopback needs `token`.
+    pub host: String,
+    /// Listen port.
+    pub port: u16,
+    /// Shared secret clients send as `authorization: Bearer <token>` metadata ("" = none,
+    /// allowed on loopback only).
+    pub token: String,
+}
+
+impl Default for Grpc {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            host: "127.0.0.1".to_owned(),
+            port: 50051,
+            token: String::new(),
+        }
+    }
+}
+
+impl fmt::Debug for Grpc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Grpc")
+            .field("enabled", &self.enabled)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("token", &Redacted(&self.token))
             .finish()
     }
 }

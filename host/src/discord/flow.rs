@@ -185,7 +185,7 @@ impl Bot {
         let mut place = self.places.channel(channel);
         if place.is_none() && guild.is_some() {
             // A channel the gateway did not tell about (yet): ask once, remember.
-            match self.http.channel(channel).await {
+            match self.http().channel(channel).await {
                 Ok(response) => match response.model().await {
                     Ok(c) => {
                         self.places.add_channel(&c);
@@ -390,12 +390,12 @@ impl Bot {
                         continue; // No message of the user's to react to.
                     };
                     let outcome = if matches!(action, Action::AddEmoji(_)) {
-                        self.http
+                        self.http()
                             .create_reaction(*channel, *message, &reaction(emoji))
                             .await
                             .map(drop)
                     } else {
-                        self.http
+                        self.http()
                             .delete_current_user_reaction(*channel, *message, &reaction(emoji))
                             .await
                             .map(drop)
@@ -434,7 +434,7 @@ impl Bot {
             }
             let sent = match target {
                 Target::Message { channel, message } => self
-                    .http
+                    .http()
                     .create_message(*channel)
                     .reply(*message)
                     .content(chunk)
@@ -448,7 +448,7 @@ impl Bot {
                     created,
                     ..
                 } if created.elapsed() < TOKEN_LIFETIME => self
-                    .http
+                    .http()
                     .interaction(*application)
                     .create_followup(token)
                     .content(chunk)
@@ -457,7 +457,7 @@ impl Bot {
                     .await
                     .map(drop),
                 Target::Channel { channel } => self
-                    .http
+                    .http()
                     .create_message(*channel)
                     .content(chunk)
                     .attachments(files)
@@ -467,7 +467,7 @@ impl Bot {
                 Target::Interaction { channel, user, .. } => {
                     let text = format!("<@{user}> {chunk}");
                     let text: String = text.chars().take(MAX_CONTENT).collect();
-                    self.http
+                    self.http()
                         .create_message(*channel)
                         .content(&text)
                         .attachments(files)
@@ -509,7 +509,12 @@ impl Bot {
             if self.intake.admit(caller).await.is_err() {
                 continue;
             }
-            if let Err(err) = self.http.create_message(channel).content("I'm here!").await {
+            if let Err(err) = self
+                .http()
+                .create_message(channel)
+                .content("I'm here!")
+                .await
+            {
                 tracing::warn!(%channel, error = %err, "cannot announce in a channel");
             }
         }

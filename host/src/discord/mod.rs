@@ -11,6 +11,7 @@
 //! `retry_after`) are twilight's; a dropped gateway connection is resumed by the shard.
 
 mod flow;
+mod messenger;
 mod places;
 mod slash;
 
@@ -31,6 +32,7 @@ use crate::intake::Intake;
 use crate::jobs::JobReader;
 use crate::plugins::Registry;
 
+pub use messenger::{Messenger, RetryPolicy, SendError, Sent, http_error};
 pub use places::{Place, Places};
 
 /// Why the front end could not start.
@@ -73,7 +75,7 @@ pub struct Services {
 
 /// State shared by the gateway loop and the tasks it starts.
 struct Bot {
-    http: twilight_http::Client,
+    messenger: Messenger,
     intake: Intake,
     jobs: JobReader,
     accounts: Arc<Accounts>,
@@ -119,14 +121,14 @@ fn proxy_of(api_base: &str) -> Result<(String, bool), DiscordError> {
     }
 }
 
-/// Starts the front end: connects the shard, and follows the Discord jobs of a previous run.
-pub fn start(config: &Config, services: Services) -> Result<DiscordHandle, DiscordError> {
+/// The bot's REST client, shared by the front end and the gRPC API: the token, `[discord]
+/// api_base`, the global rate limit and the retry policy of sends.
+pub fn messenger(config: &Config) -> Result<Messenger, DiscordError> {
     // twilight enables no rustls crypto provider itself; easel builds rustls with ring only.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let token = config.auth.discord_token.trim().to_owned();
     let discord = &config.discord;
     let mut http = twilight_http::Client::builder()
-        .token(token.clone())
+        .token(config.auth.discord_token.trim().to_owned())
         .ratelimiter(Some(twilight_http_ratelimiting::RateLimiter::new(
             discord.global_rate_limit,
         )));
@@ -134,6 +136,23 @@ pub fn start(config: &Config, services: Services) -> Result<DiscordHandle, Disco
         let (host, plain) = proxy_of(&discord.api_base)?;
         http = http.proxy(host, plain);
     }
+    Ok(Messenger::new(
+        http.build(),
+        RetryPolicy {
+            tries: discord.rest_tries.max(1),
+            server_error_unit: std::time::Duration::from_millis(discord.server_error_backoff_ms),
+        },
+    ))
+}
+
+/// Starts the front end: connects the shard, and follows the Discord jobs of a previous run.
+pub fn start(
+    config: &Config,
+    services: Services,
+    messenger: Messenger,
+) -> Result<DiscordHandle, DiscordError> {
+    let token = config.auth.discord_token.trim().to_owned();
+    let discord = &config.discord;
     let intents = Intents::GUILDS
         | Intents::GUILD_MESSAGES
         | Intents::DIRECT_MESSAGES
@@ -146,7 +165,7 @@ pub fn start(config: &Config, services: Services) -> Result<DiscordHandle, Disco
     }
     let shard = Shard::with_config(ShardId::ONE, shard_config.build());
     let bot = Arc::new(Bot {
-        http: http.build(),
+        messenger,
         intake: services.intake,
         jobs: services.jobs,
         accounts: services.accounts,
@@ -205,6 +224,10 @@ async fn gateway_loop(bot: Arc<Bot>, mut shard: Shard, mut stopped: watch::Recei
 }
 
 impl Bot {
+    fn http(&self) -> &twilight_http::Client {
+        self.messenger.http()
+    }
+
     fn on_event(self: &Arc<Self>, event: Event) {
         match event {
             Event::Ready(ready) => {

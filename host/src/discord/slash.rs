@@ -163,7 +163,7 @@ impl Bot {
     pub(super) async fn register_commands(&self, guild: Option<Id<GuildMarker>>) {
         let Some(me) = self.me.get() else { return };
         let commands = [command()];
-        let client = self.http.interaction(me.application);
+        let client = self.http().interaction(me.application);
         let done = match guild {
             None => client.set_global_commands(&commands).await.map(drop),
             Some(guild) => client.set_guild_commands(guild, &commands).await.map(drop),
@@ -176,7 +176,7 @@ impl Bot {
 
     async fn respond(&self, interaction: &Interaction, response: InteractionResponse) {
         let sent = self
-            .http
+            .http()
             .interaction(interaction.application_id)
             .create_response(interaction.id, &interaction.token, &response)
             .await;
@@ -268,7 +268,7 @@ impl Bot {
                 let caller = self
                     .caller(channel, interaction.guild_id, user.id, user_tag(&user))
                     .await;
-                let client = self.http.interaction(interaction.application_id);
+                let client = self.http().interaction(interaction.application_id);
                 let token = interaction.token.clone();
                 let update = |text: String| async move {
                     if let Err(err) = client.update_response(&token).content(Some(&text)).await {
@@ -386,7 +386,7 @@ impl Bot {
         };
         self.respond(interaction, defer_update()).await;
         if let Err(err) = self
-            .http
+            .http()
             .delete_message(message.channel_id, message.id)
             .await
         {

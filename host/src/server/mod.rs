@@ -45,6 +45,9 @@ pub enum ServeError {
     /// The Discord front end could not start.
     #[error(transparent)]
     Discord(#[from] crate::discord::DiscordError),
+    /// The gRPC API could not start.
+    #[error(transparent)]
+    Grpc(#[from] crate::grpc::GrpcError),
     /// The plugin engine could not start.
     #[error("cannot start the plugin runtime: {0}")]
     Plugins(#[from] crate::plugins::PluginError),
@@ -226,8 +229,16 @@ pub async fn run(
         catalog.clone(),
         Limits::from_config(&config),
     );
-    let discord = if config.discord_enabled() {
-        Some(crate::discord::start(
+    let messenger = if config.discord_enabled() {
+        Some(crate::discord::messenger(&config)?)
+    } else {
+        tracing::info!(
+            "Discord front end and gRPC API off: set [auth] discord_token in config.toml (or DISCORD_BOT_TOKEN) to turn them on"
+        );
+        None
+    };
+    let discord = match &messenger {
+        Some(messenger) if config.discord.gateway => Some(crate::discord::start(
             &config,
             crate::discord::Services {
                 intake: intake.clone(),
@@ -236,12 +247,23 @@ pub async fn run(
                 catalog: catalog.clone(),
                 plugins: plugins.clone(),
             },
-        )?)
-    } else {
-        tracing::info!(
-            "Discord front end off: set [auth] discord_token in config.toml (or DISCORD_BOT_TOKEN) to turn it on"
-        );
-        None
+            messenger.clone(),
+        )?),
+        Some(_) => {
+            tracing::info!("Discord gateway off ([discord] gateway = false): the bot only sends");
+            None
+        }
+        None => None,
+    };
+    let grpc = match &messenger {
+        Some(messenger) if config.grpc.enabled => {
+            Some(crate::grpc::start(&config.grpc, messenger.clone()).await?)
+        }
+        Some(_) => {
+            tracing::info!("gRPC API off ([grpc] enabled = false)");
+            None
+        }
+        None => None,
     };
 
     let mut backends = Backends::new(jobs.clone());
@@ -287,6 +309,9 @@ pub async fn run(
         plugins,
     };
     let served = api::serve(listener, state, shutdown).await;
+    if let Some(grpc) = grpc {
+        grpc.shutdown().await;
+    }
     if let Some(discord) = discord {
         discord.shutdown().await;
     }
