@@ -103,14 +103,25 @@ async fn start(more: &str) -> Proxy {
     )
     .await;
     fake.add_user(&Author::user(ALICE, "alice"));
+    let (server, grpc_port, dir) = easel(&fake.api_host, more).await;
+    Proxy {
+        fake,
+        server,
+        grpc_port,
+        _dir: dir,
+    }
+}
+
+/// easel with the gateway off, Discord's REST at `api_host` and the gRPC API on a free port;
+/// `more` is added to `[grpc]`.
+async fn easel(api_host: &str, more: &str) -> (Server, u16, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("easel.db").display());
     let grpc_port = free_port();
     let extra = format!(
         "[auth]\ndiscord_token = \"test-token\"\n[discord]\ngateway = false\n\
-         api_base = \"http://{}\"\nserver_error_backoff_ms = {BACKOFF_MS}\n\
-         [grpc]\nport = {grpc_port}\n{more}\n",
-        fake.api_host
+         api_base = \"http://{api_host}\"\nserver_error_backoff_ms = {BACKOFF_MS}\n\
+         [grpc]\nport = {grpc_port}\n{more}\n"
     );
     let server = Server::start(ServerOptions {
         db_url: &db,
@@ -121,12 +132,7 @@ async fn start(more: &str) -> Proxy {
     })
     .await;
     server.wait_log("Started gRPC server", 1).await;
-    Proxy {
-        fake,
-        server,
-        grpc_port,
-        _dir: dir,
-    }
+    (server, grpc_port, dir)
 }
 
 /// A venv with discordproxy 1.5.1 from PyPI, made once (other test processes wait on a lock).
@@ -510,23 +516,7 @@ async fn a_token_is_asked_for_when_configured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_discord_is_unavailable_not_an_empty_ok() {
     // An easel whose Discord REST base is a closed port.
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("easel.db").display());
-    let grpc_port = free_port();
-    let extra = format!(
-        "[auth]\ndiscord_token = \"test-token\"\n[discord]\ngateway = false\n\
-         api_base = \"http://127.0.0.1:{}\"\n[grpc]\nport = {grpc_port}\n",
-        free_port()
-    );
-    let server = Server::start(ServerOptions {
-        db_url: &db,
-        dir: dir.path(),
-        workers: 0,
-        extra_toml: &extra,
-        ..ServerOptions::default()
-    })
-    .await;
-    server.wait_log("Started gRPC server", 1).await;
+    let (_server, grpc_port, _dir) = easel(&format!("127.0.0.1:{}", free_port()), "").await;
     let mut client = proto::discord_api_client::DiscordApiClient::connect(format!(
         "http://127.0.0.1:{grpc_port}"
     ))
