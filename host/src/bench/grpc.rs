@@ -2,7 +2,7 @@
 //! Discord REST calls against a minimal in-process Discord REST stand-in, beside the gRPC
 //! health check on the same server (what tonic, HTTP/2 and the loopback cost) in the same run.
 //!
-//! Discord's global rate limit (50 requests/s) is lifted to 100,000/s here: the bench measures
+//! Discord's global rate limit (50 requests/s) is lifted to 50,000/s here: the bench measures
 //! easel, not the limit.
 
 use std::net::SocketAddr;

@@ -5,7 +5,7 @@
 //! claim (requeued, interrupted, finished elsewhere) changes nothing, and the new sequence
 //! number of a fenced change is always the fence plus one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::AssertSqlSafe;
 
@@ -412,7 +412,7 @@ impl Store {
                 .collect();
             // A claim holds when the job still runs at the fence; a late result (no fence) is
             // taken while nobody has finished the job. The first result for a job wins.
-            let mut taken: HashMap<&str, i64> = HashMap::new();
+            let mut taken: HashSet<&str> = HashSet::new();
             let accepted: Vec<Option<(&Completion<'_>, &str, i64)>> = items
                 .iter()
                 .map(|item| {
@@ -421,10 +421,9 @@ impl Store {
                         Some(fence) => status == "running" && *seq == fence,
                         None => status == "queued" || status == "running",
                     };
-                    if !holds || taken.contains_key(item.id) {
+                    if !holds || !taken.insert(item.id) {
                         return None;
                     }
-                    taken.insert(item.id, seq + 1);
                     Some((item, owner.as_str(), seq + 1))
                 })
                 .collect();
