@@ -752,7 +752,7 @@ async fn oversized_requests_are_refused_under_every_failure_policy() {
             "with on_failure = {policy}"
         );
 
-        let response = reqwest::Client::new()
+        let response = easel::forge::http_client()
             .post(bot.server.url("/api/queue/user/txt2img"))
             .header("Authorization", &bot.server.token)
             .json(&json!({"model_name": "m", "prompt": "a fox", "width": 4096, "height": 4096}))

@@ -201,7 +201,9 @@ async fn gateway_events_reach_twilight() {
     })
     .await;
     assert_eq!(with_file.attachments[0].filename, "sketch.png");
-    let served = reqwest::get(with_file.attachments[0].url.as_str())
+    let served = easel::forge::http_client()
+        .get(with_file.attachments[0].url.as_str())
+        .send()
         .await
         .unwrap()
         .bytes()
@@ -330,7 +332,9 @@ async fn rest_calls_are_recorded_and_answered() {
     assert_eq!(calls[0].files, vec![("a.png".to_owned(), bytes.clone())]);
     assert_eq!(calls[0].authorization.as_deref(), Some("Bot fake-token"));
     // The attachment URL serves the file.
-    let served = reqwest::get(sent.attachments[0].url.as_str())
+    let served = easel::forge::http_client()
+        .get(sent.attachments[0].url.as_str())
+        .send()
         .await
         .unwrap()
         .bytes()

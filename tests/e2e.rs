@@ -28,7 +28,7 @@ fn jwt(discord_id: &str, exp_offset: i64) -> String {
 }
 
 async fn post(server: &Server, auth: Option<&str>, body: &str) -> (u16, Value) {
-    let mut request = reqwest::Client::new()
+    let mut request = easel::forge::http_client()
         .post(server.url("/api/queue/user/txt2img"))
         .header("content-type", "application/json")
         .body(body.to_owned());
@@ -47,7 +47,7 @@ async fn post(server: &Server, auth: Option<&str>, body: &str) -> (u16, Value) {
 async fn queue_jobs_and_fetch_pngs() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), 2).await;
-    let client = reqwest::Client::new();
+    let client = easel::forge::http_client();
 
     let root: Value = client
         .get(server.url("/"))
@@ -284,7 +284,11 @@ async fn auth_and_bad_input_get_json_errors() {
     );
 
     // Unknown routes are JSON too.
-    let response = reqwest::get(server.url("/api/nothing")).await.unwrap();
+    let response = easel::forge::http_client()
+        .get(server.url("/api/nothing"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 404);
     assert_eq!(
         response.json::<Value>().await.unwrap(),
@@ -307,7 +311,7 @@ async fn generated_superuser_token_is_written_not_logged() {
     let port = common::free_port();
     std::fs::write(
         dir.path().join("config.toml"),
-        format!("[api]\nhttp_port = {port}\n[simulated]\nstep_ms = 0\n[workers]\nbind = \"\"\n"),
+        format!("[api]\nhttp_port = {port}\nrt_port = {}\n[simulated]\nstep_ms = 0\n[workers]\nbind = \"\"\n", common::free_port()),
     )
     .unwrap();
     let mut child = std::process::Command::new(common::easel_bin())
@@ -320,7 +324,7 @@ async fn generated_superuser_token_is_written_not_logged() {
         .unwrap();
     let token_file = dir.path().join("easel-superuser.token");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let client = reqwest::Client::new();
+    let client = easel::forge::http_client();
     let job = loop {
         assert!(
             std::time::Instant::now() < deadline,

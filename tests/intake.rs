@@ -26,7 +26,7 @@ fn plugin_dir(dir: &std::path::Path, files: &[&str]) {
 }
 
 async fn admin_view(server: &Server) -> Value {
-    let response = reqwest::Client::new()
+    let response = easel::forge::http_client()
         .get(server.url("/api/admin/plugins"))
         .header("Authorization", &server.token)
         .send()
@@ -47,7 +47,7 @@ fn plugin<'a>(view: &'a Value, name: &str) -> &'a Value {
 
 /// `n` submits at once, as the superuser (an enrolled API caller of role 4); their statuses.
 async fn burst(server: &Server, n: usize) -> Vec<u16> {
-    let client = reqwest::Client::new();
+    let client = easel::forge::http_client();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
         let request = client

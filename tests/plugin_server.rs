@@ -13,7 +13,7 @@ const SECRET: &str = "plugin-server-secret";
 const REPO_PLUGINS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins");
 
 async fn post(server: &Server, auth: &str, body: Value) -> (u16, Value) {
-    let response = reqwest::Client::new()
+    let response = easel::forge::http_client()
         .post(server.url("/api/queue/user/txt2img"))
         .header("Authorization", auth)
         .json(&body)
@@ -42,7 +42,7 @@ async fn post_until(server: &Server, auth: &str, body: Value, status: u16) -> Va
 }
 
 async fn get(server: &Server, auth: Option<&str>, path: &str) -> (u16, Value) {
-    let mut request = reqwest::Client::new().get(server.url(path));
+    let mut request = easel::forge::http_client().get(server.url(path));
     if let Some(auth) = auth {
         request = request.header("Authorization", auth);
     }

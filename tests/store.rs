@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use common::{Engine, TestDb};
 use easel::jobs::{Capabilities, EventKind, JobId, Received, Txt2Img};
-use easel::store::{ClaimFilter, Completion, JobStatus, ModelEntry, NewImage, NewJob, Store};
+use easel::store::{
+    ClaimFilter, Completion, Fence, JobStatus, ModelEntry, NewImage, NewJob, Store,
+};
 
 fn request(prompt: &str) -> Txt2Img {
     Txt2Img {
@@ -289,6 +291,66 @@ async fn interrupt_running(engine: Engine) {
     db.cleanup().await;
 }
 
+async fn interrupted_job_keeps_its_partial_picture(engine: Engine) {
+    let Some(db) = TestDb::create(engine).await else {
+        return;
+    };
+    let store = Arc::new(Store::connect(&db.url).await.unwrap());
+    let s = common::services(store.clone(), "host-a");
+    let id = s.submit(request("p")).await;
+    let mut watch = s.jobs.watch(id.clone());
+    let port = s.backends.port("forge");
+    let lease = port
+        .claim(&Capabilities::any(), 1)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert!(!lease.interrupt_requested());
+    assert_eq!(
+        s.jobs.interrupt(id.as_str()).await.unwrap(),
+        Some(JobStatus::Running)
+    );
+    assert!(
+        lease.interrupt_requested(),
+        "the backend can see it at once"
+    );
+    assert!(lease.progress(2, 3).is_err());
+    // Forge answers an interrupt with the picture so far: it becomes the job's.
+    assert!(
+        lease
+            .finish_partial("forge", b"partial".to_vec(), "{}".into())
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.job(id.as_str()).await.unwrap().unwrap().status(),
+        JobStatus::Finished
+    );
+    assert_eq!(
+        store.image_png(id.as_str()).await.unwrap().unwrap(),
+        b"partial"
+    );
+    // A watcher sees the interrupt, then the finish.
+    let mut kinds = Vec::new();
+    while let Some(event) = watch.next().await {
+        kinds.push(event.kind);
+    }
+    assert!(
+        matches!(
+            kinds.as_slice(),
+            [
+                ..,
+                EventKind::Interrupted { was_running: true },
+                EventKind::Finished { .. }
+            ]
+        ),
+        "{kinds:?}"
+    );
+    store.close().await;
+    db.cleanup().await;
+}
+
 async fn recovery_is_per_host(engine: Engine) {
     let Some(db) = TestDb::create(engine).await else {
         return;
@@ -447,7 +509,7 @@ async fn concurrent_claims(engine: Engine) {
                 let done = store
                     .finish_jobs(&[Completion {
                         id: &row.id,
-                        fence: Some(row.event_seq),
+                        fence: Fence::Claim(row.event_seq),
                         backend: "sim",
                         image: image(b"png"),
                     }])
@@ -519,6 +581,7 @@ per_engine!(
     claims_follow_capabilities,
     batched_inserts_report_taken_ids,
     interrupt_running,
+    interrupted_job_keeps_its_partial_picture,
     recovery_is_per_host,
     concurrent_claims,
     users_categories_models,

@@ -603,7 +603,7 @@ async fn chaos() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), "deadline_min_s = 3.0\ndeadline_scale = 0.001").await;
     let mut ids = Vec::new();
-    let client = reqwest::Client::new();
+    let client = easel::forge::http_client();
     for i in 0..JOBS {
         let response = client
             .post(server.url("/api/queue/user/txt2img"))

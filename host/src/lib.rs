@@ -29,6 +29,7 @@ pub mod bench;
 pub mod catalog;
 pub mod config;
 pub mod discord;
+pub mod forge;
 pub mod grpc;
 pub mod intake;
 pub mod jobs;

@@ -11,6 +11,8 @@
 #![allow(dead_code)]
 
 pub mod discord;
+pub mod forge;
+pub mod socketio;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -244,6 +246,8 @@ pub fn easel_bin() -> &'static str {
 pub struct Server {
     child: Child,
     pub port: u16,
+    /// The socket.io port.
+    pub rt_port: u16,
     pub pool_port: u16,
     pub token: String,
     pub dir: PathBuf,
@@ -291,9 +295,10 @@ impl Server {
     /// Like [`Server::start`], with the worker pool on `pool_port`.
     pub async fn start_with_pool_port(options: ServerOptions<'_>, pool_port: u16) -> Server {
         let port = free_port();
+        let rt_port = free_port();
         let token = format!("test-superuser-{:08x}", rand::random::<u32>());
         let config = format!(
-            "[database]\nurl = {:?}\n[api]\nhttp_port = {port}\nsecret_key = {:?}\n\
+            "[database]\nurl = {:?}\n[api]\nhttp_port = {port}\nrt_port = {rt_port}\nsecret_key = {:?}\n\
              [simulated]\nworkers = {}\nstep_ms = {}\n[misc_settings]\nlog_dir = \"logs\"\n\
              [workers]\nbind = \"tcp://127.0.0.1:{pool_port}\"\n{}\n{}\n",
             options.db_url,
@@ -327,6 +332,7 @@ impl Server {
         let server = Server {
             child,
             port,
+            rt_port,
             pool_port,
             token,
             dir: options.dir.to_owned(),
@@ -339,7 +345,7 @@ impl Server {
 
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let client = reqwest::Client::new();
+        let client = easel::forge::http_client();
         while Instant::now() < deadline {
             if client.get(self.url("/")).send().await.is_ok() {
                 return;
@@ -409,7 +415,7 @@ impl Server {
 
     /// Queues a txt2img job as the superuser; returns the job object.
     pub async fn queue(&self, body: serde_json::Value) -> serde_json::Value {
-        let response = reqwest::Client::new()
+        let response = easel::forge::http_client()
             .post(self.url("/api/queue/user/txt2img"))
             .header("Authorization", &self.token)
             .json(&body)
@@ -423,7 +429,7 @@ impl Server {
     /// Waits until `GET /api/images/{id}` returns a PNG; returns its bytes.
     pub async fn wait_image(&self, id: &str, timeout: Duration) -> Vec<u8> {
         let deadline = Instant::now() + timeout;
-        let client = reqwest::Client::new();
+        let client = easel::forge::http_client();
         loop {
             let response = client
                 .get(self.url(&format!("/api/images/{id}")))

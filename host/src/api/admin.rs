@@ -39,3 +39,21 @@ pub(super) async fn plugins(
         "admission": registry.admission(),
     })))
 }
+
+/// `GET /api/admin/backends`: every backend's state (Forge machines: up, loaded model,
+/// current job, counters), superuser token or role ≥ 3.
+pub(super) async fn backends(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let user = state.auth.authenticate(&headers, &state.accounts).await?;
+    if user.role < ARCHITECT {
+        return Err(ApiError::forbidden(
+            "You do not have permission to view backends!",
+        ));
+    }
+    Ok(Json(json!({
+        "backends": state.backends,
+        "forge": state.offer.states(),
+    })))
+}

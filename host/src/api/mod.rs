@@ -7,13 +7,16 @@
 
 mod admin;
 mod auth;
+mod images;
+mod lists;
 mod queue;
+pub mod realtime;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -21,8 +24,11 @@ use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use auth::{Authenticator, SUPERUSER_ID, User};
+pub use realtime::Realtime;
 
 use crate::accounts::Accounts;
+use crate::catalog::Catalog;
+use crate::forge::Offer;
 use crate::intake::Intake;
 use crate::jobs::JobReader;
 use crate::plugins::Registry;
@@ -40,6 +46,16 @@ pub struct AppState {
     pub auth: Authenticator,
     /// The policy plugins (for the admin view).
     pub plugins: Arc<Registry>,
+    /// What the backends offer (list routes, name resolution, png-info).
+    pub offer: Offer,
+    /// The model catalog (friendly names, restrictions).
+    pub catalog: Arc<Catalog>,
+    /// socket.io: job events to their owners.
+    pub realtime: Realtime,
+    /// The backends running (for the admin view).
+    pub backends: Vec<String>,
+    /// Serve the unauthenticated legacy bot routes.
+    pub allow_legacy: bool,
 }
 
 /// Express' `json({limit: "50mb"})`.
@@ -66,12 +82,30 @@ pub fn router(state: AppState) -> Router {
         ]);
     let api = Router::new()
         .route("/config/limits", get(limits))
+        .route("/config/version", get(version))
+        .route("/models", get(lists::models))
+        .route("/samplers", get(lists::samplers))
+        .route("/upscalers", get(lists::upscalers))
+        .route("/schedulers", get(lists::schedulers))
+        .route("/modules", get(lists::modules))
         .route("/queue/user/txt2img", post(queue::txt2img))
-        .route("/images/{job_id}", get(image))
+        .route("/queue/user/img2img", post(queue::img2img))
+        .route(
+            "/queue/user/txt2img/upscale-hrf/{job_id}",
+            post(queue::upscale_hrf),
+        )
+        .route("/queue/txt2img", post(queue::legacy_txt2img))
+        .route("/queue/img2img", post(queue::legacy_img2img))
+        .route("/queue/interrupt/{job_id}", post(queue::interrupt))
+        .route("/images/{job_id}", get(images::image))
+        .route("/images/{job_id}/info", get(images::info))
+        .route("/previews/{job_id}", get(images::preview))
         .route("/admin/plugins", get(admin::plugins))
-        .layer(cors);
+        .route("/admin/backends", get(admin::backends))
+        .layer(cors.clone());
     Router::new()
         .route("/", get(root))
+        .route("/embed/{job_id}", get(images::embed).layer(cors))
         .nest("/api", api)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -100,23 +134,13 @@ async fn limits(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({"max_pixels": state.intake.limits().max_pixels}))
 }
 
-async fn image(
-    State(state): State<AppState>,
-    Path(job_id): Path<String>,
-) -> Result<Response, ApiError> {
-    let id = job_id.replacen(".png", "", 1);
-    match state.jobs.image_png(&id).await {
-        Ok(Some(png)) => Ok((
-            [(header::CONTENT_TYPE, HeaderValue::from_static("image/png"))],
-            png,
-        )
-            .into_response()),
-        Ok(None) => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            json!({"error": "Image not found"}),
-        )),
-        Err(err) => Err(ApiError::internal(err)),
-    }
+/// `{"branch", "commit"}`: Navigator's `BRANCH` / `COMMIT_SHA` when set, else easel's
+/// own name and version.
+async fn version() -> Json<serde_json::Value> {
+    let branch = std::env::var("BRANCH").unwrap_or_else(|_| "easel".to_owned());
+    let commit =
+        std::env::var("COMMIT_SHA").unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_owned());
+    Json(json!({"branch": branch, "commit": commit}))
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {

@@ -1,20 +1,30 @@
-//! `POST /api/queue/user/txt2img`: Navigator's normalisation (JavaScript `||` defaults), its
-//! validation messages and its response object, in its key order.
+//! Navigator's queue routes: `POST /api/queue/user/txt2img`, `/api/queue/user/img2img`,
+//! `/api/queue/user/txt2img/upscale-hrf/:jobId`, `/api/queue/interrupt/:jobId`, and the
+//! legacy bot routes `/api/queue/txt2img` / `/api/queue/img2img` (off unless
+//! `[api] allow_legacy_bot_endpoints`). Navigator's normalisation (JavaScript `||` defaults),
+//! its queue-time name resolution, its validation messages and its response objects, in its
+//! key order. Fixed quirks: img2img's argument order, interrupt checks ownership and removes
+//! the job asked for.
 
 use std::net::SocketAddr;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value, json};
 
+use super::realtime::Followed;
 use super::{ApiError, AppState, origin};
+use crate::accounts::role::APPRENTICE;
+use crate::forge::body;
 use crate::intake::{Caller, LimitExceeded, Limits, Refusal};
-use crate::jobs::{Origin, Txt2Img};
+use crate::jobs::{Origin, Task, Txt2Img};
+use crate::store::JobStatus;
 
 /// The job object Navigator answers with (and later sends in socket events).
 #[derive(Debug, Serialize)]
@@ -226,7 +236,74 @@ fn normalise(body: &Map<String, Value>, pixel_limit: u64) -> Result<Txt2Img, Api
         image_enhancements: truthy(body.get("image_enhancements")),
         modules,
         category_id: whole(body, "categoryId", 0.0, 9.0e15)?,
+        ..Txt2Img::default()
     })
+}
+
+/// The JSON object of a request body (an empty body is an empty object).
+fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, ApiError> {
+    let body = body.map_err(|rejection| {
+        ApiError::new(
+            rejection.status(),
+            json!({"error": format!("Invalid request body: {}", rejection.body_text())}),
+        )
+    })?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::bad_request("Request body must be a JSON object")),
+        Err(err) => Err(ApiError::bad_request(format!("Invalid JSON: {err}"))),
+    }
+}
+
+/// Who queues: the authenticated user, or (legacy bot routes, when enabled) the body's
+/// `owner_id` with the default role.
+async fn queuer(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Map<String, Value>,
+    legacy: Option<&str>,
+) -> Result<(String, i64), ApiError> {
+    let Some(instead) = legacy else {
+        let user = state.auth.authenticate(headers, &state.accounts).await?;
+        return Ok((user.discord_id, user.role));
+    };
+    if !state.allow_legacy {
+        return Err(ApiError::bad_request(format!(
+            "This endpoint is not enabled. Please use {instead} instead."
+        )));
+    }
+    match body.get("owner_id") {
+        Some(Value::String(id)) if !id.is_empty() => Ok((id.clone(), APPRENTICE)),
+        Some(Value::Number(id)) => Ok((id.to_string(), APPRENTICE)),
+        _ => Err(ApiError::bad_request("Missing authentication data")),
+    }
+}
+
+/// `403` unless `owner` owns the category.
+async fn check_category(
+    state: &AppState,
+    category: Option<i64>,
+    owner: &str,
+) -> Result<(), ApiError> {
+    let Some(category) = category else {
+        return Ok(());
+    };
+    let owned = state
+        .accounts
+        .category_owned_by(category, owner)
+        .await
+        .map_err(ApiError::internal)?;
+    if owned {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            json!({"error": "Category does not exist or you do not own it"}),
+        ))
+    }
 }
 
 pub(super) async fn txt2img(
@@ -235,60 +312,85 @@ pub(super) async fn txt2img(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let user = state.auth.authenticate(&headers, &state.accounts).await?;
-    let body = body.map_err(|rejection| {
-        ApiError::new(
-            rejection.status(),
-            json!({"error": format!("Invalid request body: {}", rejection.body_text())}),
-        )
-    })?;
-    let body: Map<String, Value> = if body.iter().all(u8::is_ascii_whitespace) {
-        Map::new()
-    } else {
-        match serde_json::from_slice::<Value>(&body) {
-            Ok(Value::Object(map)) => map,
-            Ok(_) => return Err(ApiError::bad_request("Request body must be a JSON object")),
-            Err(err) => return Err(ApiError::bad_request(format!("Invalid JSON: {err}"))),
+    queue_txt2img_route(state, peer, headers, body, None).await
+}
+
+pub(super) async fn legacy_txt2img(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    queue_txt2img_route(state, peer, headers, body, Some("/api/queue/user/txt2img")).await
+}
+
+async fn queue_txt2img_route(
+    state: AppState,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    legacy: Option<&str>,
+) -> Result<Response, ApiError> {
+    let body = json_body(body)?;
+    let (owner, role) = queuer(&state, &headers, &body, legacy).await?;
+    let request = normalise(&body, state.intake.limits().max_pixels)?;
+    check_category(&state, request.category_id, &owner).await?;
+    queue_txt2img(&state, &owner, role, request, origin(&headers, peer)).await
+}
+
+/// Navigator's queue-time name resolution against what the backends offer (skipped, with a
+/// warning, when no backend answers: the names go as asked).
+async fn resolve_names(state: &AppState, request: &mut Txt2Img) {
+    let lists = match state.offer.lists().await {
+        Ok(lists) => lists,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read the backends' lists; names are not checked");
+            return;
         }
     };
-    let request = normalise(&body, state.intake.limits().max_pixels)?;
-    if let Some(category) = request.category_id {
-        let owned = state
-            .accounts
-            .category_owned_by(category, &user.discord_id)
-            .await
-            .map_err(ApiError::internal)?;
-        if !owned {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                json!({"error": "Category does not exist or you do not own it"}),
-            ));
+    match request.task {
+        Task::Txt2Img => {
+            request.sampler_name = body::resolve_sampler(&request.sampler_name, &lists, false);
+            request.scheduler_name = body::resolve_scheduler(&request.scheduler_name, &lists, true);
+            if let Some(upscaler) = &request.upscaler_name {
+                request.upscaler_name = Some(body::resolve_upscaler(Some(upscaler), &lists));
+            }
+        }
+        Task::Img2Img => {
+            let friendly: Vec<(String, String)> = match state.catalog.models().await {
+                Ok(models) => models
+                    .iter()
+                    .filter_map(|m| Some((m.name.clone(), m.friendly_name.clone()?)))
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            request.model_name =
+                body::resolve_img2img_model(&request.model_name, &friendly, &lists);
+            request.sampler_name = body::resolve_sampler(&request.sampler_name, &lists, true);
+            request.scheduler_name =
+                body::resolve_scheduler(&request.scheduler_name, &lists, false);
         }
     }
-    let origin = origin(&headers, peer);
-    let admitted = state
-        .intake
-        .admit(Caller::http(&user.discord_id, user.role))
-        .await
-        .map_err(|refusal| refused(&user.discord_id, refusal))?;
-    let submitted = state
-        .intake
-        .submit(
-            &admitted,
-            request,
-            Origin::Http {
-                client: origin.clone(),
-            },
-        )
-        .await
-        .map_err(|refusal| refused(&user.discord_id, refusal))?;
+}
+
+/// Queues a normalised txt2img request for `owner` and answers with Navigator's job object;
+/// the job's events go to socket.io.
+async fn queue_txt2img(
+    state: &AppState,
+    owner: &str,
+    role: i64,
+    mut request: Txt2Img,
+    origin: String,
+) -> Result<Response, ApiError> {
+    resolve_names(state, &mut request).await;
+    let submitted = submit(state, owner, role, request, &origin).await?;
     let request = &submitted.request;
     let job = NavigatorJob {
         kind: "txt2img",
         model_name: &request.model_name,
         prompt: &request.prompt,
         negative_prompt: request.negative_prompt.as_deref(),
-        owner_id: &user.discord_id,
+        owner_id: owner,
         job_id: submitted.job.as_str(),
         width: request.width,
         height: request.height,
@@ -312,7 +414,312 @@ pub(super) async fn txt2img(
         upscaler_name: request.upscaler_name.as_deref(),
         modules: request.modules.as_deref(),
     };
-    Ok(Json(job).into_response())
+    let answer = serde_json::to_value(&job).map_err(ApiError::internal)?;
+    let mut task = answer.as_object().cloned().unwrap_or_default();
+    for key in [
+        "prompt",
+        "negative_prompt",
+        "owner_id",
+        "width",
+        "height",
+        "queue_size",
+    ] {
+        task.shift_remove(key);
+    }
+    follow(state, submitted, task, owner, &origin, true);
+    Ok(Json(answer).into_response())
+}
+
+/// The intake: access, model policy, limits, the durable queue.
+async fn submit(
+    state: &AppState,
+    owner: &str,
+    role: i64,
+    request: Txt2Img,
+    origin: &str,
+) -> Result<crate::intake::Submitted, ApiError> {
+    let admitted = state
+        .intake
+        .admit(Caller::http(owner, role))
+        .await
+        .map_err(|refusal| refused(owner, refusal))?;
+    state
+        .intake
+        .submit_and_watch(
+            &admitted,
+            request,
+            Origin::Http {
+                client: origin.to_owned(),
+            },
+        )
+        .await
+        .map_err(|refusal| refused(owner, refusal))
+}
+
+fn follow(
+    state: &AppState,
+    submitted: crate::intake::Submitted,
+    task: Map<String, Value>,
+    owner: &str,
+    origin: &str,
+    reports_seed: bool,
+) {
+    if let Some(watch) = submitted.watch {
+        state.realtime.follow(
+            watch,
+            Followed {
+                task,
+                owner: owner.to_owned(),
+                origin: Some(origin.to_owned()),
+                reports_seed,
+            },
+        );
+    }
+}
+
+pub(super) async fn img2img(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    queue_img2img_route(state, peer, headers, body, None).await
+}
+
+pub(super) async fn legacy_img2img(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    queue_img2img_route(state, peer, headers, body, Some("/api/queue/user/img2img")).await
+}
+
+/// Navigator's img2img normalisation (its intended argument mapping, not the shifted one).
+fn normalise_img2img(body: &Map<String, Value>, pixel_limit: u64) -> Result<Txt2Img, ApiError> {
+    let (Some(model_name), Some(prompt)) = (text(body, "model_name")?, text(body, "prompt")?)
+    else {
+        return Err(ApiError::bad_request("Missing required parameters"));
+    };
+    let denoising_strength = number(body, "denoising_strength")?.unwrap_or(0.75);
+    if !(0.0..=1.0).contains(&denoising_strength) {
+        return Err(ApiError::bad_request(
+            "Denoising strength must be between 0.0 and 1.0",
+        ));
+    }
+    let width = whole(body, "width", 1.0, MAX_SIDE)?.unwrap_or(IMG2IMG_SIDE) as u32;
+    let height = whole(body, "height", 1.0, MAX_SIDE)?.unwrap_or(IMG2IMG_SIDE) as u32;
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > pixel_limit {
+        return Err(ApiError::bad_request(
+            LimitExceeded::Pixels {
+                limit: pixel_limit,
+                asked: pixels,
+            }
+            .to_string(),
+        ));
+    }
+    let image = |key: &str| -> Result<Option<String>, ApiError> {
+        Ok(text(body, key)?.map(|s| {
+            s.split_once("base64,")
+                .map_or(s, |(_, rest)| rest)
+                .to_owned()
+        }))
+    };
+    Ok(Txt2Img {
+        task: Task::Img2Img,
+        model_name: model_name.to_owned(),
+        prompt: prompt.to_owned(),
+        negative_prompt: text(body, "negative_prompt")?.map(str::to_owned),
+        width,
+        height,
+        steps: whole(body, "steps", 1.0, MAX_STEPS)?.unwrap_or(50) as u32,
+        seed: whole(body, "seed", -1.0, 9.0e15)?.unwrap_or(-1),
+        cfg_scale: number(body, "cfg_scale")?.unwrap_or(5.0),
+        distilled_cfg: 3.5,
+        sampler_name: text(body, "sampler_name")?.unwrap_or("DPM++ 2M").to_owned(),
+        scheduler_name: text(body, "scheduler_name")?
+            .unwrap_or("automatic")
+            .to_owned(),
+        denoising_strength,
+        image_enhancements: body.contains_key("image_enhancements"),
+        category_id: whole(body, "categoryId", 0.0, 9.0e15)?,
+        init_image: image("init_image")?,
+        mask: image("mask")?,
+        ..Txt2Img::default()
+    })
+}
+
+/// img2img's size when the body gives none (Navigator's base-class default).
+const IMG2IMG_SIDE: i64 = 500;
+
+async fn queue_img2img_route(
+    state: AppState,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    legacy: Option<&str>,
+) -> Result<Response, ApiError> {
+    let body = json_body(body)?;
+    let (owner, role) = queuer(&state, &headers, &body, legacy).await?;
+    let mut request = normalise_img2img(&body, state.intake.limits().max_pixels)?;
+    check_category(&state, request.category_id, &owner).await?;
+    if let Some(stored) = request
+        .init_image
+        .as_deref()
+        .and_then(|i| i.strip_prefix("NAVIGATOR_"))
+    {
+        // A stored picture (of any owner, as Navigator).
+        let png = state
+            .jobs
+            .image_png(stored)
+            .await
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::internal(format!("no stored image {stored}")))?;
+        request.init_image = Some(base64::engine::general_purpose::STANDARD.encode(png));
+    }
+    resolve_names(&state, &mut request).await;
+    let origin = origin(&headers, peer);
+    let submitted = submit(&state, &owner, role, request, &origin).await?;
+    let category = submitted.request.category_id;
+    let image_enhancements = submitted.request.image_enhancements;
+    let mut answer = Map::new();
+    answer.insert("type".into(), json!("img2img"));
+    answer.insert("job_id".into(), json!(submitted.job.as_str()));
+    answer.insert("owner_id".into(), json!(owner));
+    answer.insert(
+        "queue_size".into(),
+        json!(i64::try_from(submitted.queue_depth).unwrap_or(i64::MAX)),
+    );
+    answer.insert("task_type".into(), json!("img2img"));
+    answer.insert("status".into(), json!("queued"));
+    answer.insert("origin".into(), json!(origin));
+    answer.insert("image_enhancements".into(), json!(image_enhancements));
+    if let Some(category) = category {
+        answer.insert("categoryId".into(), json!(category));
+    }
+    let mut task = answer.clone();
+    for key in ["owner_id", "queue_size"] {
+        task.shift_remove(key);
+    }
+    follow(&state, submitted, task, &owner, &origin, false);
+    Ok(Json(Value::Object(answer)).into_response())
+}
+
+/// `POST /api/queue/user/txt2img/upscale-hrf/:jobId`: the stored picture again, with the
+/// high-res fix from its own first pass (its parameters from its png-info).
+pub(super) async fn upscale_hrf(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(job_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let user = state.auth.authenticate(&headers, &state.accounts).await?;
+    let body = json_body(body)?;
+    let not_found = || ApiError::bad_request("Job not found");
+    let png = state
+        .jobs
+        .image_png(&job_id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(not_found)?;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    let stored = state
+        .jobs
+        .image_info(&job_id)
+        .await
+        .map_err(ApiError::internal)?
+        .and_then(|info| serde_json::from_str::<Value>(&info).ok())
+        .filter(|info| info.get("parameters").is_some_and(Value::is_object));
+    let info = match stored {
+        Some(info) => info,
+        None => state
+            .offer
+            .png_info(&b64)
+            .await
+            .map_err(|err| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": err.to_string()}),
+                )
+            })?
+            .ok_or_else(|| ApiError::bad_request("The picture has no generation parameters"))?,
+    };
+    let overrides = body::UpscaleOverrides {
+        upscaler_name: text(&body, "upscaler_name")?.map(str::to_owned),
+        denoising_strength: number(&body, "denoising_strength")?,
+        hrf_steps: whole(&body, "hrf_steps", 1.0, MAX_STEPS)?.map(|s| s as u32),
+    };
+    let mut request = body::upscale_request(&info, b64, &overrides)
+        .map_err(|err| ApiError::bad_request(err.to_string()))?;
+    if !body::size_limit_ok(
+        request.width,
+        request.height,
+        state.intake.limits().max_pixels,
+    ) {
+        return Err(ApiError::bad_request("Image is too large to upscale"));
+    }
+    // The category comes along only if the caller owns it.
+    let source = state
+        .jobs
+        .request(&job_id)
+        .await
+        .map_err(ApiError::internal)?;
+    request.category_id = None;
+    if let Some(category) = source.and_then(|s| s.category_id)
+        && check_category(&state, Some(category), &user.discord_id)
+            .await
+            .is_ok()
+    {
+        request.category_id = Some(category);
+    }
+    queue_txt2img(
+        &state,
+        &user.discord_id,
+        user.role,
+        request,
+        origin(&headers, peer),
+    )
+    .await
+}
+
+/// `POST /api/queue/interrupt/:jobId`: the owner stops their running job (Forge hands back
+/// the partial picture, then `task-finished`) or removes their queued one.
+pub(super) async fn interrupt(
+    State(state): State<AppState>,
+    Path(job_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let user = state.auth.authenticate(&headers, &state.accounts).await?;
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, json!({"error": "Task not found"}));
+    let row = state
+        .jobs
+        .job(&job_id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(not_found)?;
+    if !matches!(row.status(), JobStatus::Queued | JobStatus::Running) {
+        return Err(not_found());
+    }
+    if row.owner_id != user.discord_id {
+        return Err(ApiError::forbidden("Unauthorized"));
+    }
+    match state
+        .intake
+        .interrupt(&job_id)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        Some(JobStatus::Running) => Ok(Json(
+            json!({"message": "Task interrupted!", "status": "interrupted"}),
+        )
+        .into_response()),
+        Some(_) => {
+            Ok(Json(json!({"message": "Task removed!", "status": "removed"})).into_response())
+        }
+        None => Err(not_found()),
+    }
 }
 
 /// A refusal of the intake as Navigator words it: access 403 (the reason is logged, not

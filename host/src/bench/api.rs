@@ -72,8 +72,9 @@ async fn start_server(url: &str) -> Result<Server, BenchError> {
     ));
     std::fs::create_dir_all(&dir)?;
     let port = free_port()?;
+    let rt_port = free_port()?;
     let config = format!(
-        "[database]\nurl = {url:?}\n[api]\nhttp_port = {port}\nsecret_key = {SECRET:?}\n\
+        "[database]\nurl = {url:?}\n[api]\nhttp_port = {port}\nrt_port = {rt_port}\nsecret_key = {SECRET:?}\n\
          superuser_token = \"bench-superuser\"\n[workers]\nbind = \"\"\n\
          [misc_settings]\nlog_dir = {:?}\n",
         dir.join("logs").display().to_string()

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::{BenchError, job_service, on_database, origin, percentile, request};
 use crate::jobs::{Backends, EventKind, JobId, Received};
 use crate::sim::{self, Simulated};
-use crate::store::{ClaimFilter, Completion, NewImage, NewJob, Store};
+use crate::store::{ClaimFilter, Completion, Fence, NewImage, NewJob, Store};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -75,7 +75,7 @@ async fn run_on(url: &str, options: &BenchOptions) -> Result<(), BenchError> {
         store
             .finish_jobs(&[Completion {
                 id: &row.id,
-                fence: Some(row.event_seq),
+                fence: Fence::Claim(row.event_seq),
                 backend: "baseline",
                 image: NewImage {
                     png: &png,

@@ -40,6 +40,67 @@ pub struct Config {
     pub plugins: Plugins,
     /// `[grpc]`: the discordproxy-compatible gRPC API.
     pub grpc: Grpc,
+    /// `[[forge]]`: Forge/AUTOMATIC1111 machines (none: Navigator's `SD_API_HOST` /
+    /// `SD_API_BASE` make one when set).
+    pub forge: Vec<Forge>,
+}
+
+/// One `[[forge]]` machine, driven as Navigator drives its Forge.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Forge {
+    /// Its name in logs, job rows and `/api/admin/backends` (default `forge-<n>`).
+    pub name: String,
+    /// Its base URL, e.g. `http://gpu-1:7860` (Navigator's `SD_API_BASE`).
+    pub url: String,
+    /// The `/sdapi/v1` base ("" = `<url>/sdapi/v1`; Navigator's `SD_API_HOST`).
+    pub api: String,
+    /// Models it serves ([] = whatever it has).
+    pub models: Vec<String>,
+    /// Progress poll period (Navigator's `JOB_PROGRESS_CHECK_INTERVAL`).
+    pub progress_ms: u64,
+    /// Basic auth (Forge's `--api-auth`); "" = none.
+    pub username: String,
+    /// Basic auth password.
+    pub password: String,
+    /// Limit for list and progress calls, in seconds (a generation may take longer: its
+    /// limit is the job deadline of `[workers]`).
+    pub timeout_s: u64,
+    /// Minutes idle before `POST /unload-checkpoint` (Navigator's
+    /// `CHECKPOINT_UNLOAD_INTERVAL`); -1 = never.
+    pub unload_after_min: i64,
+}
+
+impl Default for Forge {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            url: String::new(),
+            api: String::new(),
+            models: Vec::new(),
+            progress_ms: 2500,
+            username: String::new(),
+            password: String::new(),
+            timeout_s: 30,
+            unload_after_min: -1,
+        }
+    }
+}
+
+impl fmt::Debug for Forge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Forge")
+            .field("name", &self.name)
+            .field("url", &redact_url(&self.url))
+            .field("api", &redact_url(&self.api))
+            .field("models", &self.models)
+            .field("progress_ms", &self.progress_ms)
+            .field("username", &self.username)
+            .field("password", &Redacted(&self.password))
+            .field("timeout_s", &self.timeout_s)
+            .field("unload_after_min", &self.unload_after_min)
+            .finish()
+    }
 }
 
 /// `[auth]`.
@@ -253,6 +314,9 @@ pub struct Api {
     pub secret_key: String,
     /// Largest `width * height` accepted (env `IMAGE_PIXEL_LIMIT`).
     pub image_pixel_limit: u64,
+    /// Serve Navigator's unauthenticated `/api/queue/txt2img` and `/api/queue/img2img`
+    /// (env `ALLOW_LEGACY_BOT_ENDPOINTS=true`).
+    pub allow_legacy_bot_endpoints: bool,
 }
 
 impl Default for Api {
@@ -265,6 +329,7 @@ impl Default for Api {
             superuser_token_file: "easel-superuser.token".to_owned(),
             secret_key: String::new(),
             image_pixel_limit: 3_686_400,
+            allow_legacy_bot_endpoints: false,
         }
     }
 }
@@ -279,6 +344,10 @@ impl fmt::Debug for Api {
             .field("superuser_token_file", &self.superuser_token_file)
             .field("secret_key", &Redacted(&self.secret_key))
             .field("image_pixel_limit", &self.image_pixel_limit)
+            .field(
+                "allow_legacy_bot_endpoints",
+                &self.allow_legacy_bot_endpoints,
+            )
             .finish()
     }
 }
@@ -644,6 +713,37 @@ impl Config {
         if let Some(v) = get("RT_API_PORT") {
             self.api.rt_port = env_number(&v, "RT_API_PORT", "a port number (0-65535)")?;
         }
+        if let Some(v) = get("ALLOW_LEGACY_BOT_ENDPOINTS") {
+            self.api.allow_legacy_bot_endpoints = v == "true";
+        }
+        let sd_host = get("SD_API_HOST").filter(|v| !v.is_empty());
+        let sd_base = get("SD_API_BASE").filter(|v| !v.is_empty());
+        if self.forge.is_empty() && (sd_host.is_some() || sd_base.is_some()) {
+            let api = sd_host.clone().unwrap_or_default();
+            let url = sd_base.unwrap_or_else(|| {
+                api.trim_end_matches('/')
+                    .trim_end_matches("/sdapi/v1")
+                    .to_owned()
+            });
+            self.forge.push(Forge {
+                name: "forge".to_owned(),
+                url,
+                api,
+                ..Forge::default()
+            });
+        }
+        if let Some(v) = get("JOB_PROGRESS_CHECK_INTERVAL") {
+            let ms = env_number(&v, "JOB_PROGRESS_CHECK_INTERVAL", "milliseconds")?;
+            self.forge.iter_mut().for_each(|f| f.progress_ms = ms);
+        }
+        if let Some(v) = get("CHECKPOINT_UNLOAD_INTERVAL") {
+            let min = v.trim().parse::<i64>().map_err(|_| ConfigError::Invalid {
+                key: "CHECKPOINT_UNLOAD_INTERVAL".to_owned(),
+                found: format!("{v:?}"),
+                expected: "minutes (-1 = never)".to_owned(),
+            })?;
+            self.forge.iter_mut().for_each(|f| f.unload_after_min = min);
+        }
         if let Some(v) = get("IMAGE_PIXEL_LIMIT") {
             self.api.image_pixel_limit =
                 env_number(&v, "IMAGE_PIXEL_LIMIT", "a positive whole number of pixels")?;
@@ -653,6 +753,40 @@ impl Config {
 
     /// Checks values whose type is right but whose content is not usable.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for (n, forge) in self.forge.iter().enumerate() {
+            let parsed = url::Url::parse(&forge.url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+            if parsed.is_none() {
+                return Err(ConfigError::Invalid {
+                    key: format!("forge[{n}].url"),
+                    found: format!("{:?}", redact_url(&forge.url)),
+                    expected: "an http(s) URL such as \"http://127.0.0.1:7860\"".to_owned(),
+                });
+            }
+            if !forge.api.is_empty() && url::Url::parse(&forge.api).is_err() {
+                return Err(ConfigError::Invalid {
+                    key: format!("forge[{n}].api"),
+                    found: format!("{:?}", redact_url(&forge.api)),
+                    expected: "an http(s) URL ending in /sdapi/v1, or \"\"".to_owned(),
+                });
+            }
+            if forge.progress_ms == 0 {
+                return Err(ConfigError::Invalid {
+                    key: format!("forge[{n}].progress_ms"),
+                    found: "0".to_owned(),
+                    expected: "a poll period in milliseconds (e.g. 2500)".to_owned(),
+                });
+            }
+            if !names.insert(self.forge_name(n)) {
+                return Err(ConfigError::Invalid {
+                    key: format!("forge[{n}].name"),
+                    found: format!("{:?}", self.forge_name(n)),
+                    expected: "a name no other [[forge]] entry has".to_owned(),
+                });
+            }
+        }
         crate::store::DatabaseKind::from_url(&self.database.url).map_err(|expected| {
             ConfigError::Invalid {
                 key: "database.url".to_owned(),
@@ -794,6 +928,14 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The name of the `n`th `[[forge]]` machine.
+    pub fn forge_name(&self, n: usize) -> String {
+        match self.forge.get(n) {
+            Some(forge) if !forge.name.is_empty() => forge.name.clone(),
+            _ => format!("forge-{n}"),
+        }
     }
 
     /// Whether a real Discord token is configured.

@@ -359,6 +359,15 @@ impl Intake {
         self.limits
     }
 
+    /// Stops a running job (its backend is told; it may keep the partial picture) or removes
+    /// a queued one; `None` if it is neither. Ownership is the front end's to check.
+    pub async fn interrupt(
+        &self,
+        id: &str,
+    ) -> Result<Option<crate::store::JobStatus>, crate::jobs::JobError> {
+        self.jobs.interrupt(id).await
+    }
+
     /// The access plugin: may `caller` use easel here?
     pub async fn admit(&self, caller: Caller) -> Result<Admitted, Refusal> {
         let plugin = caller.plugin();

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::{Claim, IDLE_RECHECK, JobError, JobId, JobService, Txt2Img};
-use crate::store::{ClaimFilter, JobStatus};
+use crate::store::{ClaimFilter, Fence, JobStatus};
 
 /// What a backend, or one worker of it, can run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -86,6 +86,19 @@ impl BackendPort {
                 jobs: self.jobs.clone(),
             })
             .collect())
+    }
+
+    /// The id and model of the oldest queued job this backend could run (not claimed).
+    pub async fn oldest_queued(
+        &self,
+        can: &Capabilities,
+    ) -> Result<Option<(JobId, String)>, JobError> {
+        Ok(self
+            .jobs
+            .store()
+            .oldest_queued(can.filter())
+            .await?
+            .map(|(id, model)| (JobId::from(id), model)))
     }
 
     /// The next job this backend can run: waits for one (store errors are logged and retried
@@ -162,6 +175,17 @@ impl Lease {
         &self.claim.request
     }
 
+    /// Who asked for it.
+    pub fn owner(&self) -> &str {
+        &self.claim.owner
+    }
+
+    /// Whether the job was asked to stop (without settling anything: the next
+    /// [`Lease::progress`] says [`Interrupted`] too).
+    pub fn interrupt_requested(&self) -> bool {
+        self.jobs.interrupt_requested(&self.claim.id)
+    }
+
     /// 1 for the first try.
     pub fn attempt(&self) -> i64 {
         self.claim.row.attempts
@@ -204,12 +228,43 @@ impl Lease {
     ) -> Result<bool, Box<NotStored>> {
         match self
             .jobs
-            .finish(&self.claim, false, made_by, png, info)
+            .finish(
+                &self.claim,
+                Fence::Claim(self.claim.fence()),
+                made_by,
+                png,
+                info,
+            )
             .await
         {
             Ok(done) => Ok(done),
             Err(error) => Err(Box::new(NotStored { error, lease: self })),
         }
+    }
+
+    /// Says that this backend switches to `model` for the job (a checkpoint swap first).
+    pub fn model_changing(&self, model: &str) {
+        self.jobs.model_changing(&self.claim, model);
+    }
+
+    /// After [`Interrupted`]: stores the partial picture the backend drew before it stopped,
+    /// and the job ends finished with it (as Forge answers an interrupt). False when the job
+    /// changed otherwise meanwhile: nothing was written.
+    pub async fn finish_partial(
+        self,
+        made_by: &str,
+        png: Vec<u8>,
+        info: String,
+    ) -> Result<bool, JobError> {
+        self.jobs
+            .finish(
+                &self.claim,
+                Fence::Interrupted(self.claim.fence()),
+                made_by,
+                png,
+                info,
+            )
+            .await
     }
 
     /// The request cannot be drawn: the job fails for good.
@@ -269,7 +324,7 @@ impl Expired {
         info: String,
     ) -> Result<bool, JobError> {
         self.jobs
-            .finish(&self.claim, true, made_by, png, info)
+            .finish(&self.claim, Fence::Late, made_by, png, info)
             .await
     }
 }

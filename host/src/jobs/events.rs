@@ -55,6 +55,11 @@ pub enum EventKind {
         /// 1 for the first try.
         attempt: i64,
     },
+    /// The backend that runs it loads the job's model first (a checkpoint swap).
+    ModelChanged {
+        /// The model it loads.
+        model: Arc<str>,
+    },
     /// A step was done.
     Progress {
         /// Steps done.
@@ -87,11 +92,15 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    /// Whether the job ends with this event.
+    /// Whether the job ends with this event. An interrupted running job is not over yet: its
+    /// backend may still deliver the partial picture (then `Finished` follows), so a watch
+    /// stays until that comes or the store shows that nothing more will.
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
-            EventKind::Finished { .. } | EventKind::Failed { .. } | EventKind::Interrupted { .. }
+            EventKind::Finished { .. }
+                | EventKind::Failed { .. }
+                | EventKind::Interrupted { was_running: false }
         )
     }
 }
@@ -290,6 +299,14 @@ impl JobWatch {
             tokio::select! {
                 biased;
                 change = self.changes.recv() => match change {
+                    // A model change belongs to the attempt whose start was reported (it
+                    // changes nothing stored, so it carries that start's number).
+                    Some(event) if matches!(event.kind, EventKind::ModelChanged { .. }) => {
+                        if event.seq == self.seen {
+                            return Some(event);
+                        }
+                        continue;
+                    }
                     Some(event) if event.seq <= self.seen => continue,
                     Some(event) => return Some(self.report(event)),
                     // The hub is gone (the service is shutting down): the store knows.
@@ -351,6 +368,11 @@ impl JobWatch {
             }
         };
         if row.event_seq <= self.seen {
+            // Nothing new. An interrupted job whose backend delivered no partial picture ends
+            // here.
+            if row.status() == JobStatus::Interrupted {
+                self.done = true;
+            }
             return None;
         }
         let kind = match row.status() {

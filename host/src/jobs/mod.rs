@@ -34,9 +34,9 @@ pub use backend::{
     Backend, BackendPort, Backends, Capabilities, Expired, Interrupted, Lease, NotStored,
 };
 pub use events::{EventKind, JobEvent, JobWatch, Received, Subscription};
-pub use model::{JobId, Origin, Txt2Img, png_size};
+pub use model::{JobId, Origin, Task, Txt2Img, png_size};
 
-use crate::store::{ClaimFilter, JobRow, JobStatus, Store, StoreError};
+use crate::store::{ClaimFilter, Fence, JobRow, JobStatus, Store, StoreError};
 
 /// A failed job-service operation.
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +155,11 @@ impl JobReader {
         Ok(self.store.image_png(id).await?)
     }
 
+    /// The generation info stored with a finished picture (JSON text).
+    pub async fn image_info(&self, id: &str) -> Result<Option<String>, JobError> {
+        Ok(self.store.image_info(id).await?)
+    }
+
     /// The latest live preview of a running job.
     pub async fn preview_png(&self, id: &str) -> Result<Option<Vec<u8>>, JobError> {
         Ok(self.store.preview_png(id).await?)
@@ -222,6 +227,11 @@ impl JobService {
             }
         });
         service
+    }
+
+    /// The store (for backends' read-only queue queries).
+    fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The name this process claims jobs under.
@@ -307,6 +317,7 @@ impl JobService {
             .writers
             .insert(writer::Insert {
                 id: id.to_string(),
+                kind: request.task.as_str(),
                 request: json,
                 owner: owner.to_owned(),
                 origin: origin.to_stored(),
@@ -429,6 +440,25 @@ impl JobService {
         Ok(())
     }
 
+    /// Says that the backend running `claim` loads `model` for it first.
+    fn model_changing(&self, claim: &Claim, model: &str) {
+        self.emit(
+            (&claim.id, &claim.owner, &claim.origin),
+            claim.fence(),
+            EventKind::ModelChanged {
+                model: Arc::from(model),
+            },
+        );
+    }
+
+    /// Whether `id` was interrupted while running; keeps the mark.
+    fn interrupt_requested(&self, id: &JobId) -> bool {
+        self.interrupted
+            .lock()
+            .expect("interrupt set poisoned")
+            .contains(id)
+    }
+
     /// Whether `id` was interrupted while running; clears the mark.
     fn take_interrupt(&self, id: &JobId) -> bool {
         self.interrupted
@@ -437,12 +467,12 @@ impl JobService {
             .remove(id)
     }
 
-    /// Stores a result: for the current claim (`late` false), or for a claim that expired
-    /// (`late`: accepted if nobody finished the job yet). False when nothing was written.
+    /// Stores a result for the claim `fence` says (see [`Fence`]). False when nothing was
+    /// written.
     async fn finish(
         &self,
         claim: &Claim,
-        late: bool,
+        fence: Fence,
         backend: &str,
         png: Vec<u8>,
         info: String,
@@ -454,7 +484,7 @@ impl JobService {
             .writers
             .finish(writer::Finish {
                 id: claim.id.to_string(),
-                fence: (!late).then(|| claim.fence()),
+                fence,
                 backend: backend.to_owned(),
                 png,
                 info,
@@ -467,7 +497,7 @@ impl JobService {
             tracing::info!(job_id = %claim.id, backend, "stale result dropped");
             return Ok(false);
         };
-        tracing::info!(job_id = %claim.id, backend, late, "job finished");
+        tracing::info!(job_id = %claim.id, backend, ?fence, "job finished");
         self.emit(
             (&claim.id, &claim.owner, &claim.origin),
             seq,

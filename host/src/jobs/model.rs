@@ -205,6 +205,43 @@ pub struct Txt2Img {
     /// Image category of the owner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category_id: Option<i64>,
+    /// What kind of picture: from text (the default) or from a starting picture.
+    #[serde(default, skip_serializing_if = "Task::is_txt2img")]
+    pub task: Task,
+    /// img2img: the starting picture, base64 PNG (no `data:` prefix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_image: Option<String>,
+    /// img2img: the inpainting mask, base64 PNG (painted pixels opaque).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<String>,
+    /// Upscale-hrf: the first pass to reuse, base64 PNG (Forge's `firstpass_image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_pass_image: Option<String>,
+}
+
+/// What kind of picture a request asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// From the prompt alone.
+    #[default]
+    Txt2Img,
+    /// From a starting picture (and maybe a mask).
+    Img2Img,
+}
+
+impl Task {
+    /// Navigator's `type` / `task_type` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Task::Txt2Img => "txt2img",
+            Task::Img2Img => "img2img",
+        }
+    }
+
+    fn is_txt2img(&self) -> bool {
+        *self == Task::Txt2Img
+    }
 }
 
 impl Txt2Img {

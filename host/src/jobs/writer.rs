@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{Completion, NewImage, NewJob, Store, StoreError};
+use crate::store::{Completion, Fence, NewImage, NewJob, Store, StoreError};
 
 /// Most rows in one batch.
 const BATCH: usize = 128;
@@ -14,6 +14,7 @@ const BATCH: usize = 128;
 /// A job to insert, owned.
 pub(super) struct Insert {
     pub id: String,
+    pub kind: &'static str,
     pub request: String,
     pub owner: String,
     pub origin: String,
@@ -24,7 +25,7 @@ pub(super) struct Insert {
 /// A result to store, owned.
 pub(super) struct Finish {
     pub id: String,
-    pub fence: Option<i64>,
+    pub fence: Fence,
     pub backend: String,
     pub png: Vec<u8>,
     pub info: String,
@@ -84,7 +85,7 @@ async fn write_inserts(store: Arc<Store>, mut pending: mpsc::Receiver<(Insert, R
             .iter()
             .map(|(job, _)| NewJob {
                 id: &job.id,
-                kind: "txt2img",
+                kind: job.kind,
                 request: &job.request,
                 owner_id: &job.owner,
                 origin: Some(&job.origin),

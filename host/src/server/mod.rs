@@ -267,7 +267,20 @@ pub async fn run(
     };
 
     let mut backends = Backends::new(jobs.clone());
-    if config.simulated.workers > 0 {
+    let machines = crate::forge::machines(&config);
+    let offer = crate::forge::Offer::new(machines.clone());
+    if !machines.is_empty() {
+        for machine in &machines {
+            tracing::info!(forge = %machine.name, url = %machine.state.borrow().url, models = ?machine.can.models, "Forge machine configured");
+        }
+        backends.start(crate::forge::ForgeBackend::new(
+            machines,
+            config.workers.clone(),
+        ));
+        if config.simulated.workers > 0 {
+            tracing::info!("simulated backend off: Forge machines are configured");
+        }
+    } else if config.simulated.workers > 0 {
         backends.start(Simulated {
             workers: config.simulated.workers,
             step: Duration::from_millis(config.simulated.step_ms),
@@ -289,6 +302,38 @@ pub async fn run(
         );
     }
 
+    // One stop signal for both listeners.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let auth = Authenticator::new(&superuser, &config.api.secret_key);
+    let (realtime, socket_layer) =
+        api::Realtime::start(jobs.reader(), auth.clone(), accounts.clone());
+    let rt_addr = format!("{}:{}", config.api.bind, config.api.rt_port);
+    let rt_listener = tokio::net::TcpListener::bind(&rt_addr)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: rt_addr.clone(),
+            source,
+        })?;
+    if let Ok(local) = rt_listener.local_addr() {
+        tracing::info!(address = %local, "socket.io listening");
+    }
+    let rt_server = tokio::spawn(
+        axum::serve(
+            rt_listener,
+            api::Realtime::router(socket_layer)
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(stopped(stop_rx.clone()))
+        .into_future(),
+    );
+
     let addr = format!("{}:{}", config.api.bind, config.api.http_port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -305,10 +350,22 @@ pub async fn run(
         intake,
         jobs: jobs.reader(),
         accounts,
-        auth: Authenticator::new(&superuser, &config.api.secret_key),
+        auth,
         plugins,
+        offer,
+        catalog,
+        realtime: realtime.clone(),
+        backends: backends.names().to_vec(),
+        allow_legacy: config.api.allow_legacy_bot_endpoints,
     };
-    let served = api::serve(listener, state, shutdown).await;
+    let served = api::serve(listener, state, stopped(stop_rx)).await;
+    realtime.close().await;
+    if tokio::time::timeout(Duration::from_secs(2), rt_server)
+        .await
+        .is_err()
+    {
+        tracing::warn!("socket.io connections still open at shutdown; closing them");
+    }
     if let Some(grpc) = grpc {
         grpc.shutdown().await;
     }

@@ -19,6 +19,15 @@ pub struct NewImage<'a> {
 }
 
 impl Store {
+    /// The generation info stored with a finished picture (JSON text).
+    pub async fn image_info(&self, id: &str) -> Result<Option<String>> {
+        let sql = self.sql("SELECT info FROM images WHERE id = ?");
+        let info: Option<Option<String>> = on_pool!(self, pool => {
+            sqlx::query_scalar(sql).bind(id).fetch_optional(pool).await?
+        });
+        Ok(info.flatten())
+    }
+
     /// The finished PNG of a job.
     pub async fn image_png(&self, id: &str) -> Result<Option<Vec<u8>>> {
         let sql = self.sql("SELECT png FROM images WHERE id = ?");

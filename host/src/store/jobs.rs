@@ -133,13 +133,24 @@ macro_rules! bind_filter {
 pub struct Completion<'a> {
     /// The job.
     pub id: &'a str,
-    /// The claim's `event_seq`; `None` for a late result of an expired claim, accepted if
-    /// nobody finished the job yet.
-    pub fence: Option<i64>,
+    /// Which claim the result belongs to.
+    pub fence: Fence,
     /// Who made it.
     pub backend: &'a str,
     /// The image.
     pub image: NewImage<'a>,
+}
+
+/// Which claim a result belongs to, and so when the store takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fence {
+    /// The current claim, at this `event_seq`: taken while the job still runs under it.
+    Claim(i64),
+    /// A late result of an expired claim: taken while nobody has finished the job.
+    Late,
+    /// The partial picture of a job interrupted during the claim at this `event_seq`: taken
+    /// while the job is still as the interrupt left it.
+    Interrupted(i64),
 }
 
 /// Binds the values of one [`NewJob`] row (see `insert_jobs`) to a query.
@@ -262,6 +273,19 @@ impl Store {
             .claim_jobs(host, backend, ClaimFilter::default(), 1)
             .await?
             .pop())
+    }
+
+    /// The id and model of the oldest queued job that `filter` lets through.
+    pub async fn oldest_queued(&self, filter: ClaimFilter<'_>) -> Result<Option<(String, String)>> {
+        let sql = self.sql(&format!(
+            "SELECT id, model FROM jobs WHERE status = 'queued'{} ORDER BY seq LIMIT 1",
+            filter.sql()
+        ));
+        let row = on_pool!(self, pool => {
+            let query = sqlx::query_as::<_, (String, String)>(sql);
+            bind_filter!(query, filter).fetch_optional(pool).await?
+        });
+        Ok(row)
     }
 
     /// Claims up to `limit` of the oldest queued jobs that `filter` lets through, oldest
@@ -418,8 +442,9 @@ impl Store {
                 .map(|item| {
                     let (owner, status, seq) = states.get(item.id)?;
                     let holds = match item.fence {
-                        Some(fence) => status == "running" && *seq == fence,
-                        None => status == "queued" || status == "running",
+                        Fence::Claim(fence) => status == "running" && *seq == fence,
+                        Fence::Late => status == "queued" || status == "running",
+                        Fence::Interrupted(fence) => status == "interrupted" && *seq == fence + 1,
                     };
                     if !holds || !taken.insert(item.id) {
                         return None;

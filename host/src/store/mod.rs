@@ -133,7 +133,7 @@ mod jobs;
 
 pub use catalog::ModelEntry;
 pub use images::NewImage;
-pub use jobs::{ClaimFilter, Completion, JobRow, NewJob};
+pub use jobs::{ClaimFilter, Completion, Fence, JobRow, NewJob};
 
 /// The database, with its migrations applied.
 pub struct Store {

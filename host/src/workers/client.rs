@@ -62,7 +62,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(32);
 
 /// Runs until refused; reconnects whenever the host goes away.
 pub async fn run(options: WorkerOptions) -> Result<(), WorkerError> {
-    let http = reqwest::Client::new();
+    let http = crate::forge::http_client();
     let mut backoff = Duration::from_secs(1);
     loop {
         match session(&options, &http).await {

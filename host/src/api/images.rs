@@ -1,0 +1,158 @@
+//! Pictures by job id (no auth, as Navigator: whoever knows the id may read):
+//! `/api/images/:jobId` (a first `.png` is stripped), `/api/previews/:jobId` (the latest live
+//! preview; any query such as Compass' `?step=` is ignored), `/api/images/:jobId/info`
+//! (Forge's png-info shape, with `parameters.owner_id`), and `/embed/:jobId` (an Open Graph
+//! page for Discord).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+
+fn png(bytes: Vec<u8>) -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("image/png"))],
+        bytes,
+    )
+        .into_response()
+}
+
+fn id_of(job_id: &str) -> String {
+    job_id.replacen(".png", "", 1)
+}
+
+pub(super) async fn image(
+    State(state): State<AppState>,
+    Path(job_id): Path<String>,
+) -> Result<Response, ApiError> {
+    match state.jobs.image_png(&id_of(&job_id)).await {
+        Ok(Some(bytes)) => Ok(png(bytes)),
+        Ok(None) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            json!({"error": "Image not found"}),
+        )),
+        Err(err) => Err(ApiError::internal(err)),
+    }
+}
+
+pub(super) async fn preview(
+    State(state): State<AppState>,
+    Path(job_id): Path<String>,
+) -> Result<Response, ApiError> {
+    match state.jobs.preview_png(&id_of(&job_id)).await {
+        Ok(Some(bytes)) => Ok(png(bytes)),
+        Ok(None) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            json!({"error": "Preview not found"}),
+        )),
+        Err(err) => Err(ApiError::internal(err)),
+    }
+}
+
+/// The png-info of a finished job: as stored with the picture, else from a Forge machine
+/// (for pictures a ZeroMQ worker drew), else an empty one; `parameters.owner_id` is the
+/// owner's id (Navigator's quirk of storing the whole row object there is not kept).
+pub(super) async fn info(
+    State(state): State<AppState>,
+    Path(job_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = id_of(&job_id);
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, json!({"error": "Image not found"}));
+    let Some(row) = state.jobs.job(&id).await.map_err(ApiError::internal)? else {
+        return Err(not_found());
+    };
+    let stored = state
+        .jobs
+        .image_info(&id)
+        .await
+        .map_err(ApiError::internal)?;
+    let Some(stored) = stored else {
+        return Err(not_found());
+    };
+    let mut info = match serde_json::from_str::<Value>(&stored) {
+        Ok(info) if info.get("parameters").is_some_and(Value::is_object) => info,
+        _ if state.offer.has_forge() => {
+            let Some(bytes) = state
+                .jobs
+                .image_png(&id)
+                .await
+                .map_err(ApiError::internal)?
+            else {
+                return Err(not_found());
+            };
+            let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+            match state.offer.png_info(&b64).await {
+                Ok(Some(info)) => info,
+                Ok(None) => json!({"info": "", "items": {}, "parameters": {}}),
+                Err(err) => {
+                    return Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        json!({"error": err.to_string()}),
+                    ));
+                }
+            }
+        }
+        _ => json!({"info": "", "items": {}, "parameters": {}}),
+    };
+    if let Some(object) = info.as_object_mut() {
+        object.shift_remove("seed");
+        if let Some(parameters) = object.get_mut("parameters").and_then(Value::as_object_mut) {
+            parameters.insert("owner_id".into(), Value::String(row.owner_id.clone()));
+        }
+    }
+    Ok(Json(info).into_response())
+}
+
+/// Escapes text for HTML attributes and content.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+pub(super) async fn embed(
+    State(state): State<AppState>,
+    Path(job_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let exists = state
+        .jobs
+        .image_png(&id_of(&job_id))
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, "embed page failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"message": "Internal Server Error"}),
+            )
+        })?
+        .is_some();
+    if !exists {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            json!({"message": "Job not found"}),
+        ));
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let image = escape(&format!("https://{host}/api/images/{}", id_of(&job_id)));
+    Ok(Html(format!(
+        "<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n\
+         <title>BitJourney Job</title>\n\
+         <meta property=\"og:title\" content=\"BitJourney Job\">\n\
+         <meta property=\"og:description\" content=\"Served by BitJourney Navigator\">\n\
+         <meta property=\"og:image\" content=\"{image}\">\n\
+         <meta name=\"twitter:card\" content=\"summary_large_image\">\n\
+         <meta name=\"twitter:image\" content=\"{image}\">\n\
+         </head>\n<body>\n<img src=\"{image}\" alt=\"BitJourney Job\">\n</body>\n</html>\n"
+    ))
+    .into_response())
+}
