@@ -377,3 +377,165 @@ async fn generated_superuser_token_is_written_not_logged() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn user_me_and_cors_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), 0).await;
+    let store = easel::store::Store::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("easel.db").display()
+    ))
+    .await
+    .unwrap();
+    store.set_user_role("111", 2).await.unwrap();
+    let http = easel::forge::http_client();
+    // The token's payload, with the role read afresh (Compass reads `user.role`).
+    let me: Value = http
+        .get(server.url("/api/user/me"))
+        .header("Authorization", format!("Bearer {}", jwt("111", 3600)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["user"]["discord_id"], "111");
+    assert_eq!(
+        me["user"]["role"], 2,
+        "the stored role, not the token's: {me}"
+    );
+    assert!(me["user"]["exp"].is_i64());
+    // A browser's preflight and an unknown route both carry CORS headers, so a web client
+    // sees the JSON error instead of a CORS failure.
+    let preflight = http
+        .request(reqwest::Method::OPTIONS, server.url("/api/not-yet"))
+        .header("Origin", "http://compass.example")
+        .header("Access-Control-Request-Method", "GET")
+        .header("Access-Control-Request-Headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success());
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+    let missing = http
+        .get(server.url("/api/not-yet"))
+        .header("Origin", "http://compass.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.headers()["access-control-allow-origin"], "*");
+}
+
+#[tokio::test]
+async fn the_embedded_default_is_a_whole_system() {
+    // No Forge: the simulated backend answers the lists, img2img and upscale-hrf.
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), 0).await;
+    let http = easel::forge::http_client();
+    let list = |path: &'static str| {
+        let http = http.clone();
+        let url = server.url(path);
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let models = list("/api/models").await;
+    let first = models["models"][0]["model_name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        models["models"][0]["title"]
+            .as_str()
+            .unwrap()
+            .contains(".safetensors [")
+    );
+    assert_eq!(list("/api/samplers").await.as_array().unwrap().len(), 24);
+    assert!(list("/api/samplers?all").await.as_array().unwrap().len() > 24);
+    let schedulers = list("/api/schedulers").await;
+    assert_eq!(
+        schedulers[0],
+        json!({"name": "automatic", "label": "Automatic", "aliases": null, "default_rho": -1, "need_inner_model": false})
+    );
+    assert!(
+        list("/api/upscalers")
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|u| u["name"] != "None")
+    );
+    assert!(!list("/api/modules").await.as_array().unwrap().is_empty());
+
+    let source = server
+        .queue(
+            json!({"model_name": first, "prompt": "a fox", "width": 96, "height": 64,
+                      "steps": 2, "scheduler_name": "karras"}),
+        )
+        .await;
+    let source = source["job_id"].as_str().unwrap().to_owned();
+    let picture = server.wait_image(&source, Duration::from_secs(30)).await;
+    let info: Value = http
+        .get(server.url(&format!("/api/images/{source}/info")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        info["parameters"]["Schedule type"], "Karras",
+        "Forge writes the label"
+    );
+    assert!(
+        info["parameters"]["Seed"]
+            .as_str()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+            >= 0
+    );
+
+    // img2img from the stored picture: same size, derived from it.
+    let response = http
+        .post(server.url("/api/queue/user/img2img"))
+        .header("Authorization", &server.token)
+        .json(
+            &json!({"model_name": first, "prompt": "a fox at night", "width": 96,
+                      "height": 64, "steps": 2, "init_image": format!("NAVIGATOR_{source}")}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let job: Value = response.json().await.unwrap();
+    let derived = server
+        .wait_image(job["job_id"].as_str().unwrap(), Duration::from_secs(30))
+        .await;
+    assert_eq!(common::png_size(&derived), (96, 64));
+    assert_ne!(derived, picture);
+
+    // upscale-hrf: twice the size, from the first pass.
+    let response = http
+        .post(server.url(&format!("/api/queue/user/txt2img/upscale-hrf/{source}")))
+        .header("Authorization", &server.token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let job: Value = response.json().await.unwrap();
+    assert_eq!(job["force_hr_fix"], true);
+    let upscaled = server
+        .wait_image(job["job_id"].as_str().unwrap(), Duration::from_secs(30))
+        .await;
+    assert_eq!(common::png_size(&upscaled), (192, 128));
+}

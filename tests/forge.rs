@@ -566,3 +566,68 @@ async fn jobs_go_to_the_machine_with_their_model() {
         12
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_and_navigators_environment() {
+    // Forge started with --api-auth: every call carries the credentials.
+    let guarded = FakeForge::start(ForgeOptions {
+        basic_auth: Some(("easel".into(), "s3cret".into())),
+        ..ForgeOptions::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("easel.db").display());
+    let extra = format!(
+        "[[forge]]\nurl = \"{}\"\nusername = \"easel\"\npassword = \"s3cret\"\n",
+        guarded.url()
+    );
+    let server = Server::start(ServerOptions {
+        db_url: &url,
+        dir: dir.path(),
+        extra_toml: &extra,
+        ..ServerOptions::default()
+    })
+    .await;
+    server.wait_log("Forge machine up", 1).await;
+    let job = server
+        .queue(json!({"model_name": "sd_xl_base_1.0", "prompt": "guarded"}))
+        .await;
+    server.wait_image(&id(&job), WAIT).await;
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("easel:s3cret")
+    );
+    let requests = guarded.requests();
+    assert!(requests.iter().any(|r| r.path == "/sdapi/v1/txt2img"));
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.authorization.as_deref() == Some(expected.as_str())),
+        "every call authenticated"
+    );
+    assert!(
+        !server.stderr().contains("s3cret"),
+        "the password is not logged"
+    );
+    drop(server);
+
+    // No [[forge]]: Navigator's SD_API_HOST / SD_API_BASE make one machine.
+    let plain = FakeForge::start(ForgeOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("easel.db").display());
+    let host = format!("{}/sdapi/v1", plain.url());
+    let base = plain.url();
+    let server = Server::start(ServerOptions {
+        db_url: &url,
+        dir: dir.path(),
+        env: &[("SD_API_HOST", &host), ("SD_API_BASE", &base)],
+        ..ServerOptions::default()
+    })
+    .await;
+    server.wait_log("Forge machine up", 1).await;
+    let job = server
+        .queue(json!({"model_name": "flux1-dev", "prompt": "from the environment"}))
+        .await;
+    server.wait_image(&id(&job), WAIT).await;
+    assert_eq!(plain.count("POST", "/sdapi/v1/txt2img"), 1);
+}

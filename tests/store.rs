@@ -300,6 +300,18 @@ async fn interrupted_job_keeps_its_partial_picture(engine: Engine) {
     let id = s.submit(request("p")).await;
     let mut watch = s.jobs.watch(id.clone());
     let port = s.backends.port("forge");
+    // What a backend may look at before it claims (model affinity).
+    let (oldest, model) = port
+        .oldest_queued(&Capabilities::any())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((oldest.as_str(), model.as_str()), (id.as_str(), "m"));
+    let other = Capabilities {
+        models: vec!["not-m".into()],
+        max_pixels: None,
+    };
+    assert!(port.oldest_queued(&other).await.unwrap().is_none());
     let lease = port
         .claim(&Capabilities::any(), 1)
         .await

@@ -38,3 +38,15 @@ pub mod server;
 pub mod sim;
 pub mod store;
 pub mod workers;
+
+/// An error with its causes, `: `-separated (HTTP clients' own text is only the outermost).
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -9,16 +9,22 @@ use serde_json::{Value, json};
 use super::{ApiError, AppState};
 use crate::accounts::role::ARCHITECT;
 
+/// The superuser token or a role ≥ 3, else `403`.
+async fn administrator(state: &AppState, headers: &HeaderMap, what: &str) -> Result<(), ApiError> {
+    let user = state.auth.authenticate(headers, &state.accounts).await?;
+    if user.role < ARCHITECT {
+        return Err(ApiError::forbidden(format!(
+            "You do not have permission to view {what}!"
+        )));
+    }
+    Ok(())
+}
+
 pub(super) async fn plugins(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let user = state.auth.authenticate(&headers, &state.accounts).await?;
-    if user.role < ARCHITECT {
-        return Err(ApiError::forbidden(
-            "You do not have permission to view plugins!",
-        ));
-    }
+    administrator(&state, &headers, "plugins").await?;
     let registry = &state.plugins;
     let roles: Vec<Value> = registry
         .roles()
@@ -46,12 +52,7 @@ pub(super) async fn backends(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let user = state.auth.authenticate(&headers, &state.accounts).await?;
-    if user.role < ARCHITECT {
-        return Err(ApiError::forbidden(
-            "You do not have permission to view backends!",
-        ));
-    }
+    administrator(&state, &headers, "backends").await?;
     Ok(Json(json!({
         "backends": state.backends,
         "forge": state.offer.states(),

@@ -4,7 +4,6 @@
 
 use axum::http::HeaderMap;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
-use serde::Deserialize;
 
 use super::ApiError;
 use crate::accounts::{Accounts, role};
@@ -16,6 +15,9 @@ pub struct User {
     pub discord_id: String,
     /// Role from the store.
     pub role: i64,
+    /// The JWT's verified payload (`discord_id`, `role`, `iat`, `exp`); empty for the
+    /// superuser token.
+    pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The credentials the API accepts.
@@ -32,11 +34,6 @@ impl std::fmt::Debug for Authenticator {
             .field("jwt", &self.jwt_key.is_some())
             .finish()
     }
-}
-
-#[derive(Deserialize)]
-struct Claims {
-    discord_id: Option<serde_json::Value>,
 }
 
 /// The id the superuser acts as (Navigator uses the token string itself; easel does not put a
@@ -71,6 +68,7 @@ impl Authenticator {
             return Ok(User {
                 discord_id: SUPERUSER_ID.to_owned(),
                 role: role::APEX,
+                claims: serde_json::Map::new(),
             });
         }
         let token = header.split(' ').nth(1).unwrap_or_default();
@@ -83,7 +81,12 @@ impl Authenticator {
         // Navigator issues tokens without `exp` when expiration is disabled.
         validation.required_spec_claims.clear();
         validation.validate_exp = true;
-        let claims = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|err| {
+        let claims = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            key,
+            &validation,
+        )
+        .map_err(|err| {
             // The messages of the npm `jsonwebtoken` package, which clients may match on.
             let message = match err.kind() {
                 ErrorKind::ExpiredSignature => "jwt expired",
@@ -95,7 +98,8 @@ impl Authenticator {
             };
             ApiError::unauthorized(Some(message))
         })?;
-        let discord_id = match claims.claims.discord_id {
+        let claims = claims.claims;
+        let discord_id = match claims.get("discord_id").cloned() {
             Some(serde_json::Value::String(id)) if !id.is_empty() => id,
             Some(serde_json::Value::Number(id)) => id.to_string(),
             _ => return Err(ApiError::unauthorized(Some("Malformed token!"))),
@@ -107,7 +111,11 @@ impl Authenticator {
         if role <= role::NONE {
             return Err(ApiError::user_disabled());
         }
-        Ok(User { discord_id, role })
+        Ok(User {
+            discord_id,
+            role,
+            claims,
+        })
     }
 }
 

@@ -21,6 +21,21 @@ fn png(bytes: Vec<u8>) -> Response {
         .into_response()
 }
 
+/// A stored PNG, else `404 {"error": missing}`.
+fn png_or(
+    stored: Result<Option<Vec<u8>>, crate::jobs::JobError>,
+    missing: &str,
+) -> Result<Response, ApiError> {
+    match stored {
+        Ok(Some(bytes)) => Ok(png(bytes)),
+        Ok(None) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            json!({"error": missing}),
+        )),
+        Err(err) => Err(ApiError::internal(err)),
+    }
+}
+
 fn id_of(job_id: &str) -> String {
     job_id.replacen(".png", "", 1)
 }
@@ -29,28 +44,20 @@ pub(super) async fn image(
     State(state): State<AppState>,
     Path(job_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    match state.jobs.image_png(&id_of(&job_id)).await {
-        Ok(Some(bytes)) => Ok(png(bytes)),
-        Ok(None) => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            json!({"error": "Image not found"}),
-        )),
-        Err(err) => Err(ApiError::internal(err)),
-    }
+    png_or(
+        state.jobs.image_png(&id_of(&job_id)).await,
+        "Image not found",
+    )
 }
 
 pub(super) async fn preview(
     State(state): State<AppState>,
     Path(job_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    match state.jobs.preview_png(&id_of(&job_id)).await {
-        Ok(Some(bytes)) => Ok(png(bytes)),
-        Ok(None) => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            json!({"error": "Preview not found"}),
-        )),
-        Err(err) => Err(ApiError::internal(err)),
-    }
+    png_or(
+        state.jobs.preview_png(&id_of(&job_id)).await,
+        "Preview not found",
+    )
 }
 
 /// The png-info of a finished job: as stored with the picture, else from a Forge machine

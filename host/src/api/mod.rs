@@ -83,32 +83,38 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/config/limits", get(limits))
         .route("/config/version", get(version))
+        .route("/user/me", get(me))
         .route("/models", get(lists::models))
         .route("/samplers", get(lists::samplers))
         .route("/upscalers", get(lists::upscalers))
         .route("/schedulers", get(lists::schedulers))
         .route("/modules", get(lists::modules))
-        .route("/queue/user/txt2img", post(queue::txt2img))
-        .route("/queue/user/img2img", post(queue::img2img))
+        .route("/queue/user/txt2img", post(queue::queue::<false, false>))
+        .route("/queue/user/img2img", post(queue::queue::<true, false>))
         .route(
             "/queue/user/txt2img/upscale-hrf/{job_id}",
             post(queue::upscale_hrf),
         )
-        .route("/queue/txt2img", post(queue::legacy_txt2img))
-        .route("/queue/img2img", post(queue::legacy_img2img))
+        .route("/queue/txt2img", post(queue::queue::<false, true>))
+        .route("/queue/img2img", post(queue::queue::<true, true>))
         .route("/queue/interrupt/{job_id}", post(queue::interrupt))
         .route("/images/{job_id}", get(images::image))
         .route("/images/{job_id}/info", get(images::info))
         .route("/previews/{job_id}", get(images::preview))
         .route("/admin/plugins", get(admin::plugins))
-        .route("/admin/backends", get(admin::backends))
-        .layer(cors.clone());
-    Router::new()
-        .route("/", get(root))
-        .route("/embed/{job_id}", get(images::embed).layer(cors))
+        .route("/admin/backends", get(admin::backends));
+    // CORS on everything but `GET /` (as Navigator), unknown routes and preflights included,
+    // so a browser client sees easel's JSON errors.
+    let with_cors = Router::new()
+        .route("/embed/{job_id}", get(images::embed))
         .nest("/api", api)
         .fallback(not_found)
+        .layer(cors);
+    Router::new()
+        .route("/", get(root))
+        .merge(with_cors)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .with_state(state)
 }
 
@@ -124,6 +130,31 @@ pub async fn serve(
     )
     .with_graceful_shutdown(shutdown)
     .await
+}
+
+/// A handler that panicked: a JSON 500, never a dropped connection (Express 4 hangs there).
+fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(json!({"error": "Internal Server Error"})),
+    )
+        .into_response()
+}
+
+/// `GET /api/user/me`: the token's payload with the role read afresh (the superuser:
+/// `{discord_id, role: 4}`).
+async fn me(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let user = state.auth.authenticate(&headers, &state.accounts).await?;
+    let mut payload = user.claims;
+    payload
+        .entry("discord_id")
+        .or_insert_with(|| json!(user.discord_id));
+    payload.insert("role".into(), json!(user.role));
+    Ok(Json(json!({"user": payload})))
 }
 
 async fn root() -> Json<serde_json::Value> {

@@ -306,33 +306,36 @@ async fn check_category(
     }
 }
 
-pub(super) async fn txt2img(
+/// `POST /api/queue/user/txt2img` (`IMG2IMG`: `/img2img`); `LEGACY`: the unauthenticated
+/// bot route `/api/queue/txt2img` (`/img2img`).
+pub(super) async fn queue<const IMG2IMG: bool, const LEGACY: bool>(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    queue_txt2img_route(state, peer, headers, body, None).await
-}
-
-pub(super) async fn legacy_txt2img(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    queue_txt2img_route(state, peer, headers, body, Some("/api/queue/user/txt2img")).await
+    let body = json_body(body)?;
+    let instead = if IMG2IMG {
+        "/api/queue/user/img2img"
+    } else {
+        "/api/queue/user/txt2img"
+    };
+    let (owner, role) = queuer(&state, &headers, &body, LEGACY.then_some(instead)).await?;
+    if IMG2IMG {
+        queue_img2img(state, peer, headers, body, owner, role).await
+    } else {
+        queue_txt2img_route(state, peer, headers, body, owner, role).await
+    }
 }
 
 async fn queue_txt2img_route(
     state: AppState,
     peer: SocketAddr,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-    legacy: Option<&str>,
+    body: Map<String, Value>,
+    owner: String,
+    role: i64,
 ) -> Result<Response, ApiError> {
-    let body = json_body(body)?;
-    let (owner, role) = queuer(&state, &headers, &body, legacy).await?;
     let request = normalise(&body, state.intake.limits().max_pixels)?;
     check_category(&state, request.category_id, &owner).await?;
     queue_txt2img(&state, &owner, role, request, origin(&headers, peer)).await
@@ -477,24 +480,6 @@ fn follow(
     }
 }
 
-pub(super) async fn img2img(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    queue_img2img_route(state, peer, headers, body, None).await
-}
-
-pub(super) async fn legacy_img2img(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    queue_img2img_route(state, peer, headers, body, Some("/api/queue/user/img2img")).await
-}
-
 /// Navigator's img2img normalisation (its intended argument mapping, not the shifted one).
 fn normalise_img2img(body: &Map<String, Value>, pixel_limit: u64) -> Result<Txt2Img, ApiError> {
     let (Some(model_name), Some(prompt)) = (text(body, "model_name")?, text(body, "prompt")?)
@@ -553,15 +538,14 @@ fn normalise_img2img(body: &Map<String, Value>, pixel_limit: u64) -> Result<Txt2
 /// img2img's size when the body gives none (Navigator's base-class default).
 const IMG2IMG_SIDE: i64 = 500;
 
-async fn queue_img2img_route(
+async fn queue_img2img(
     state: AppState,
     peer: SocketAddr,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-    legacy: Option<&str>,
+    body: Map<String, Value>,
+    owner: String,
+    role: i64,
 ) -> Result<Response, ApiError> {
-    let body = json_body(body)?;
-    let (owner, role) = queuer(&state, &headers, &body, legacy).await?;
     let mut request = normalise_img2img(&body, state.intake.limits().max_pixels)?;
     check_category(&state, request.category_id, &owner).await?;
     if let Some(stored) = request

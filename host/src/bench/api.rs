@@ -47,6 +47,7 @@ pub async fn api(options: ApiBenchOptions) -> Result<(), BenchError> {
 struct Server {
     child: Child,
     port: u16,
+    rt_port: u16,
     dir: std::path::PathBuf,
 }
 
@@ -64,7 +65,7 @@ fn free_port() -> Result<u16, BenchError> {
         .port())
 }
 
-async fn start_server(url: &str) -> Result<Server, BenchError> {
+async fn start_server(url: &str, extra: &str) -> Result<Server, BenchError> {
     let dir = std::env::temp_dir().join(format!(
         "easel-bench-api-{}-{:08x}",
         std::process::id(),
@@ -76,7 +77,7 @@ async fn start_server(url: &str) -> Result<Server, BenchError> {
     let config = format!(
         "[database]\nurl = {url:?}\n[api]\nhttp_port = {port}\nrt_port = {rt_port}\nsecret_key = {SECRET:?}\n\
          superuser_token = \"bench-superuser\"\n[workers]\nbind = \"\"\n\
-         [misc_settings]\nlog_dir = {:?}\n",
+         [misc_settings]\nlog_dir = {:?}\n{extra}",
         dir.join("logs").display().to_string()
     );
     std::fs::write(dir.join("config.toml"), config)?;
@@ -89,7 +90,12 @@ async fn start_server(url: &str) -> Result<Server, BenchError> {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()?;
-    let server = Server { child, port, dir };
+    let server = Server {
+        child,
+        port,
+        rt_port,
+        dir,
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -172,7 +178,7 @@ async fn api_on(url: &str, options: &ApiBenchOptions) -> Result<(), BenchError> 
     .map_err(|err| BenchError::Other(err.to_string()))?;
     let authorization = format!("Bearer {token}");
 
-    let server = start_server(url).await?;
+    let server = start_server(url, "").await?;
     println!(
         "easel bench api: {:?} database, simulated backend, {:.0} s per measurement, load from this process",
         kind, options.seconds
@@ -227,5 +233,55 @@ async fn api_on(url: &str, options: &ApiBenchOptions) -> Result<(), BenchError> 
     }
     drop(server);
 
+    events_on(url, &format!("Bearer {token}")).await
+}
+
+/// The socket.io measurements (see [`super::realtime`]).
+async fn events_on(url: &str, authorization: &str) -> Result<(), BenchError> {
+    use super::realtime::{fake_forge, listen, round};
+    let small = serde_json::json!({"model_name": "m", "prompt": "a fox", "steps": 1,
+                                   "width": 64, "height": 64});
+    println!(
+        "\nsocket.io: submit -> task-finished at a websocket client; baseline: the HTTP answer of the same submits"
+    );
+    let instant = start_server(url, "[simulated]\nworkers = 1\nstep_ms = 0\n").await?;
+    let mut events = listen(instant.rt_port).await?;
+    round(instant.port, authorization, &small, 50, 1, &mut events).await?;
+    let idle = round(instant.port, authorization, &small, 300, 1, &mut events).await?;
+    println!("{}", idle.line("idle, one job at a time"));
+    let busy = round(instant.port, authorization, &small, 2000, 16, &mut events).await?;
+    println!("{}", busy.line("under load, 16 connections"));
+    drop(instant);
+
+    println!("\nend to end: 1000 jobs over 16 connections, every task-finished awaited");
+    let sim = start_server(url, "[simulated]\nworkers = 4\nstep_ms = 0\n").await?;
+    let mut events = listen(sim.rt_port).await?;
+    round(sim.port, authorization, &small, 50, 4, &mut events).await?;
+    let simulated = round(sim.port, authorization, &small, 1000, 16, &mut events).await?;
+    println!("{}", simulated.line("simulated backend, 4 workers"));
+    drop(sim);
+    let mut one = 0.0;
+    for machines in [1usize, 2, 4] {
+        let mut extra = String::new();
+        for _ in 0..machines {
+            let port = fake_forge().await?;
+            extra.push_str(&format!(
+                "[[forge]]\nurl = \"http://127.0.0.1:{port}\"\nprogress_ms = 2500\n"
+            ));
+        }
+        let server = start_server(url, &extra).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut events = listen(server.rt_port).await?;
+        round(server.port, authorization, &small, 50, 4, &mut events).await?;
+        let forge = round(server.port, authorization, &small, 1000, 16, &mut events).await?;
+        if machines == 1 {
+            one = forge.rate();
+        }
+        println!(
+            "{}  [{:.2}x one machine]",
+            forge.line(&format!("{machines} fake Forge machine(s), 0 ms")),
+            forge.rate() / one.max(1e-9)
+        );
+    }
     Ok(())
 }

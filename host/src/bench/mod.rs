@@ -12,6 +12,7 @@ mod grpc;
 mod jobs;
 mod plugins;
 mod pool;
+mod realtime;
 
 use std::time::Duration;
 

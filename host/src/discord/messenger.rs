@@ -21,6 +21,8 @@ use twilight_model::channel::message::{Embed, Message};
 use twilight_model::id::Id;
 use twilight_model::id::marker::{ChannelMarker, GuildMarker, UserMarker};
 
+use crate::error_chain;
+
 /// Why a send (or a read) did not happen. Each kind maps onto one gRPC status.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
@@ -271,17 +273,6 @@ async fn model<T: serde::de::DeserializeOwned + Unpin>(
         .model()
         .await
         .map_err(|err| SendError::BadAnswer(err.to_string()))
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Discord's error body as discordproxy reported it: `message` (or the body itself when it is

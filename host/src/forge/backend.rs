@@ -167,13 +167,7 @@ impl Backend for ForgeBackend {
                 .await
             {
                 idle[i] = false;
-                if let Err(err) = inboxes[i].try_send(lease) {
-                    let lease = match err {
-                        mpsc::error::TrySendError::Full(l)
-                        | mpsc::error::TrySendError::Closed(l) => l,
-                    };
-                    let _ = lease.requeue("the Forge machine was busy").await;
-                }
+                hand_over(&inboxes[i], lease).await;
                 continue;
             }
             if !free.is_empty() {
@@ -186,13 +180,7 @@ impl Backend for ForgeBackend {
                                 Some(at) => {
                                     let i = free.remove(at);
                                     idle[i] = false;
-                                    if let Err(lost) = inboxes[i].try_send(lease) {
-                                        let lease = match lost {
-                                            mpsc::error::TrySendError::Full(l)
-                                            | mpsc::error::TrySendError::Closed(l) => l,
-                                        };
-                                        let _ = lease.requeue("the Forge machine was busy").await;
-                                    }
+                                    hand_over(&inboxes[i], lease).await;
                                 }
                                 None => {
                                     let _ =
@@ -295,6 +283,15 @@ impl ForgeBackend {
             }
         }
         None
+    }
+}
+
+/// Gives a machine its job (it is idle, so its inbox has room; if not, the job goes back).
+async fn hand_over(inbox: &mpsc::Sender<Lease>, lease: Lease) {
+    if let Err(mpsc::error::TrySendError::Full(lease) | mpsc::error::TrySendError::Closed(lease)) =
+        inbox.try_send(lease)
+    {
+        let _ = lease.requeue("the Forge machine was busy").await;
     }
 }
 

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::config;
+use crate::error_chain;
 
 /// A Forge call that did not give a usable answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -153,7 +154,7 @@ impl ForgeClient {
         if let Some((user, password)) = &self.auth {
             request = request.basic_auth(user, Some(password));
         }
-        let response = request.timeout(timeout).send().await.map_err(|err| {
+        let transport = |err: reqwest::Error| {
             if err.is_timeout() {
                 ForgeError::Timeout {
                     url: url.clone(),
@@ -165,21 +166,10 @@ impl ForgeClient {
                     reason: error_chain(&err),
                 }
             }
-        })?;
+        };
+        let response = request.timeout(timeout).send().await.map_err(transport)?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|err| {
-            if err.is_timeout() {
-                ForgeError::Timeout {
-                    url: url.clone(),
-                    seconds: timeout.as_secs(),
-                }
-            } else {
-                ForgeError::Unreachable {
-                    url: url.clone(),
-                    reason: error_chain(&err),
-                }
-            }
-        })?;
+        let bytes = response.bytes().await.map_err(transport)?;
         if !status.is_success() {
             return Err(ForgeError::Status {
                 status: status.as_u16(),
@@ -301,18 +291,6 @@ fn forge_message(body: &[u8]) -> String {
     } else {
         parts.join("; ")
     }
-}
-
-/// An error with its causes (reqwest's own text is only the outermost).
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

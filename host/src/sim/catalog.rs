@@ -67,6 +67,14 @@ const UPSCALERS: [&str; 7] = [
 
 const MODULES: [&str; 4] = ["ae", "clip_l", "t5xxl_fp16", "sdxl_vae"];
 
+/// The label Forge writes in png-info for a scheduler name (`karras` → `Karras`).
+pub fn scheduler_label(name: &str) -> &str {
+    SCHEDULERS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(name, |(_, label)| label)
+}
+
 /// A short stable hash of a name, as Forge shows model hashes.
 fn hash(name: &str) -> String {
     let h = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {

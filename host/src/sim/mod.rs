@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use tokio::task::JoinSet;
 
-pub use catalog::{MODELS, catalog};
+pub use catalog::{MODELS, catalog, scheduler_label};
 
 use crate::jobs::{Backend, BackendPort, Capabilities, Lease, Task, Txt2Img};
 
@@ -130,7 +130,10 @@ fn info_json(request: &Txt2Img, owner: &str, backend: &str) -> String {
     let mut pairs = vec![
         ("Steps", request.steps.to_string()),
         ("Sampler", request.sampler_name.clone()),
-        ("Schedule type", request.scheduler_name.clone()),
+        (
+            "Schedule type",
+            scheduler_label(&request.scheduler_name).to_owned(),
+        ),
         ("CFG scale", request.cfg_scale.to_string()),
         ("Seed", request.seed.to_string()),
         ("Size", format!("{}x{}", request.width, request.height)),
