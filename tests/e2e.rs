@@ -210,12 +210,7 @@ async fn auth_and_bad_input_get_json_errors() {
             json!({"message": "Forbidden", "error": "User is disabled", "error_code": "USER_DISABLED"})
         )
     );
-    let store = easel::store::Store::connect(&format!(
-        "sqlite://{}",
-        dir.path().join("easel.db").display()
-    ))
-    .await
-    .unwrap();
+    let store = common::sqlite_store(dir.path()).await;
     store.set_user_role("111", 1).await.unwrap();
     let (status, job) = post(&server, Some(&user), ok_body).await;
     assert_eq!(status, 200, "{job}");
@@ -382,12 +377,7 @@ async fn generated_superuser_token_is_written_not_logged() {
 async fn user_me_and_cors_everywhere() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), 0).await;
-    let store = easel::store::Store::connect(&format!(
-        "sqlite://{}",
-        dir.path().join("easel.db").display()
-    ))
-    .await
-    .unwrap();
+    let store = common::sqlite_store(dir.path()).await;
     store.set_user_role("111", 2).await.unwrap();
     let http = easel::forge::http_client();
     // The token's payload, with the role read afresh (Compass reads `user.role`).

@@ -444,12 +444,7 @@ async fn interrupts_by_owner_and_stranger() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let server = easel(dir.path(), &[(&forge, &[])]).await;
-    let store = easel::store::Store::connect(&format!(
-        "sqlite://{}",
-        dir.path().join("easel.db").display()
-    ))
-    .await
-    .unwrap();
+    let store = common::sqlite_store(dir.path()).await;
     store.set_user_role("111", 1).await.unwrap();
     store.set_user_role("222", 1).await.unwrap();
     let owner = format!("Bearer {}", common::jwt(SECRET, "111", 3600));
@@ -567,6 +562,25 @@ async fn jobs_go_to_the_machine_with_their_model() {
     );
 }
 
+/// Starts easel on one Forge (from `extra` or `env`) and runs one job on it.
+async fn one_job(dir: &std::path::Path, extra: &str, env: &[(&str, &str)]) -> Server {
+    let url = format!("sqlite://{}", dir.join("easel.db").display());
+    let server = Server::start(ServerOptions {
+        db_url: &url,
+        dir,
+        extra_toml: extra,
+        env,
+        ..ServerOptions::default()
+    })
+    .await;
+    server.wait_log("Forge machine up", 1).await;
+    let job = server
+        .queue(json!({"model_name": "sd_xl_base_1.0", "prompt": "one job"}))
+        .await;
+    server.wait_image(&id(&job), WAIT).await;
+    server
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_auth_and_navigators_environment() {
     // Forge started with --api-auth: every call carries the credentials.
@@ -576,23 +590,11 @@ async fn basic_auth_and_navigators_environment() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("easel.db").display());
     let extra = format!(
         "[[forge]]\nurl = \"{}\"\nusername = \"easel\"\npassword = \"s3cret\"\n",
         guarded.url()
     );
-    let server = Server::start(ServerOptions {
-        db_url: &url,
-        dir: dir.path(),
-        extra_toml: &extra,
-        ..ServerOptions::default()
-    })
-    .await;
-    server.wait_log("Forge machine up", 1).await;
-    let job = server
-        .queue(json!({"model_name": "sd_xl_base_1.0", "prompt": "guarded"}))
-        .await;
-    server.wait_image(&id(&job), WAIT).await;
+    let server = one_job(dir.path(), &extra, &[]).await;
     let expected = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode("easel:s3cret")
@@ -614,20 +616,13 @@ async fn basic_auth_and_navigators_environment() {
     // No [[forge]]: Navigator's SD_API_HOST / SD_API_BASE make one machine.
     let plain = FakeForge::start(ForgeOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("easel.db").display());
     let host = format!("{}/sdapi/v1", plain.url());
     let base = plain.url();
-    let server = Server::start(ServerOptions {
-        db_url: &url,
-        dir: dir.path(),
-        env: &[("SD_API_HOST", &host), ("SD_API_BASE", &base)],
-        ..ServerOptions::default()
-    })
+    one_job(
+        dir.path(),
+        "",
+        &[("SD_API_HOST", &host), ("SD_API_BASE", &base)],
+    )
     .await;
-    server.wait_log("Forge machine up", 1).await;
-    let job = server
-        .queue(json!({"model_name": "flux1-dev", "prompt": "from the environment"}))
-        .await;
-    server.wait_image(&id(&job), WAIT).await;
     assert_eq!(plain.count("POST", "/sdapi/v1/txt2img"), 1);
 }

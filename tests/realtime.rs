@@ -104,12 +104,7 @@ async fn events_reach_owner_and_origin_only(transports: Vec<&'static str>) {
     )
     .await;
     server.wait_log("Forge machine up", 1).await;
-    let store = easel::store::Store::connect(&format!(
-        "sqlite://{}",
-        dir.path().join("easel.db").display()
-    ))
-    .await
-    .unwrap();
+    let store = common::sqlite_store(dir.path()).await;
     store.set_user_role("222", 1).await.unwrap();
 
     let t = Some(transports.clone());

@@ -222,6 +222,13 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The store of a server started on `dir/easel.db` (as the tests start them), to enrol users.
+pub async fn sqlite_store(dir: &Path) -> easel::store::Store {
+    easel::store::Store::connect(&format!("sqlite://{}", dir.join("easel.db").display()))
+        .await
+        .unwrap()
+}
+
 /// An HS256 JWT for `discord_id`, as Navigator issues them, expiring `exp_offset` seconds from
 /// now.
 pub fn jwt(secret: &str, discord_id: &str, exp_offset: i64) -> String {

@@ -151,14 +151,10 @@ const MAX_SIDE: f64 = Limits::MAX_SIDE as f64;
 /// Most sampling steps accepted.
 const MAX_STEPS: f64 = Limits::MAX_STEPS as f64;
 
-/// Navigator's normalisation of a txt2img body.
-fn normalise(body: &Map<String, Value>, pixel_limit: u64) -> Result<Txt2Img, ApiError> {
-    let (Some(model_name), Some(prompt)) = (text(body, "model_name")?, text(body, "prompt")?)
-    else {
-        return Err(ApiError::bad_request("Missing required parameters"));
-    };
-    let width = whole(body, "width", 1.0, MAX_SIDE)?.unwrap_or(512) as u32;
-    let height = whole(body, "height", 1.0, MAX_SIDE)?.unwrap_or(512) as u32;
+/// `width` and `height` (`default` each when not given), within the pixel limit.
+fn size(body: &Map<String, Value>, default: i64, pixel_limit: u64) -> Result<(u32, u32), ApiError> {
+    let width = whole(body, "width", 1.0, MAX_SIDE)?.unwrap_or(default) as u32;
+    let height = whole(body, "height", 1.0, MAX_SIDE)?.unwrap_or(default) as u32;
     let pixels = u64::from(width) * u64::from(height);
     if pixels > pixel_limit {
         return Err(ApiError::bad_request(
@@ -169,6 +165,16 @@ fn normalise(body: &Map<String, Value>, pixel_limit: u64) -> Result<Txt2Img, Api
             .to_string(),
         ));
     }
+    Ok((width, height))
+}
+
+/// Navigator's normalisation of a txt2img body.
+fn normalise(body: &Map<String, Value>, pixel_limit: u64) -> Result<Txt2Img, ApiError> {
+    let (Some(model_name), Some(prompt)) = (text(body, "model_name")?, text(body, "prompt")?)
+    else {
+        return Err(ApiError::bad_request("Missing required parameters"));
+    };
+    let (width, height) = size(body, 512, pixel_limit)?;
     let raw_steps = whole(body, "steps", 1.0, MAX_STEPS)?.map(|s| s as u32);
     let steps = raw_steps.unwrap_or(50);
     let hrf_steps = whole(body, "hrf_steps", 1.0, MAX_STEPS)?
@@ -492,18 +498,7 @@ fn normalise_img2img(body: &Map<String, Value>, pixel_limit: u64) -> Result<Txt2
             "Denoising strength must be between 0.0 and 1.0",
         ));
     }
-    let width = whole(body, "width", 1.0, MAX_SIDE)?.unwrap_or(IMG2IMG_SIDE) as u32;
-    let height = whole(body, "height", 1.0, MAX_SIDE)?.unwrap_or(IMG2IMG_SIDE) as u32;
-    let pixels = u64::from(width) * u64::from(height);
-    if pixels > pixel_limit {
-        return Err(ApiError::bad_request(
-            LimitExceeded::Pixels {
-                limit: pixel_limit,
-                asked: pixels,
-            }
-            .to_string(),
-        ));
-    }
+    let (width, height) = size(body, IMG2IMG_SIDE, pixel_limit)?;
     let image = |key: &str| -> Result<Option<String>, ApiError> {
         Ok(text(body, key)?.map(|s| {
             s.split_once("base64,")
