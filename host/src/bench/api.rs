@@ -163,12 +163,18 @@ async fn load(
     Ok(Load::from_times(times, errors, started, seconds))
 }
 
-async fn api_on(url: &str, options: &ApiBenchOptions) -> Result<(), BenchError> {
-    // The caller: an enrolled user with a Navigator JWT.
+/// Enrols the benchmark's user in the database at `url`.
+async fn enrol(url: &str) -> Result<crate::store::DatabaseKind, BenchError> {
     let store = Store::connect(url).await?;
     store.set_user_role(USER, 1).await?;
     let kind = store.kind();
     store.close().await;
+    Ok(kind)
+}
+
+async fn api_on(url: &str, options: &ApiBenchOptions) -> Result<(), BenchError> {
+    // The caller: an enrolled user with a Navigator JWT.
+    let kind = enrol(url).await?;
     let now = crate::store::now_ms() / 1000;
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
@@ -236,52 +242,78 @@ async fn api_on(url: &str, options: &ApiBenchOptions) -> Result<(), BenchError> 
     events_on(url, &format!("Bearer {token}")).await
 }
 
+/// A database for one socket.io section, so no section waits behind the jobs an earlier one
+/// left queued: a fresh SQLite file next to the given one (other engines: the same database).
+fn section_database(url: &str, n: usize) -> String {
+    match url.strip_prefix("sqlite://") {
+        Some(path) => {
+            let path = path.split('?').next().unwrap_or(path);
+            format!("sqlite://{path}.events-{n}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 /// The socket.io measurements (see [`super::realtime`]).
-async fn events_on(url: &str, authorization: &str) -> Result<(), BenchError> {
-    use super::realtime::{fake_forge, listen, round};
+async fn events_on(base_url: &str, authorization: &str) -> Result<(), BenchError> {
+    let mut sections = 0;
+    let mut next_url = || {
+        sections += 1;
+        section_database(base_url, sections)
+    };
+    use super::realtime::{fake_forge, listen, one_by_one, round};
     let small = serde_json::json!({"model_name": "m", "prompt": "a fox", "steps": 1,
                                    "width": 64, "height": 64});
     println!(
         "\nsocket.io: submit -> task-finished at a websocket client; baseline: the HTTP answer of the same submits"
     );
-    let instant = start_server(url, "[simulated]\nworkers = 1\nstep_ms = 0\n").await?;
+    let url = next_url();
+    enrol(&url).await?;
+    let instant = start_server(&url, "[simulated]\nworkers = 1\nstep_ms = 0\n").await?;
     let mut events = listen(instant.rt_port).await?;
     round(instant.port, authorization, &small, 50, 1, &mut events).await?;
-    let idle = round(instant.port, authorization, &small, 300, 1, &mut events).await?;
+    let idle = one_by_one(instant.port, authorization, &small, 300, &mut events).await?;
     println!("{}", idle.line("idle, one job at a time"));
     let busy = round(instant.port, authorization, &small, 2000, 16, &mut events).await?;
     println!("{}", busy.line("under load, 16 connections"));
     drop(instant);
 
     println!("\nend to end: 1000 jobs over 16 connections, every task-finished awaited");
-    let sim = start_server(url, "[simulated]\nworkers = 4\nstep_ms = 0\n").await?;
+    let url = next_url();
+    enrol(&url).await?;
+    let sim = start_server(&url, "[simulated]\nworkers = 4\nstep_ms = 0\n").await?;
     let mut events = listen(sim.rt_port).await?;
     round(sim.port, authorization, &small, 50, 4, &mut events).await?;
     let simulated = round(sim.port, authorization, &small, 1000, 16, &mut events).await?;
     println!("{}", simulated.line("simulated backend, 4 workers"));
     drop(sim);
-    let mut one = 0.0;
-    for machines in [1usize, 2, 4] {
-        let mut extra = String::new();
-        for _ in 0..machines {
-            let port = fake_forge().await?;
-            extra.push_str(&format!(
-                "[[forge]]\nurl = \"http://127.0.0.1:{port}\"\nprogress_ms = 2500\n"
-            ));
+    for delay_ms in [0u64, 20] {
+        let mut one = 0.0;
+        for machines in [1usize, 2, 4] {
+            let mut extra = String::new();
+            for _ in 0..machines {
+                let port = fake_forge(Duration::from_millis(delay_ms)).await?;
+                extra.push_str(&format!(
+                    "[[forge]]\nurl = \"http://127.0.0.1:{port}\"\nprogress_ms = 2500\n"
+                ));
+            }
+            let url = next_url();
+            enrol(&url).await?;
+            let server = start_server(&url, &extra).await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut events = listen(server.rt_port).await?;
+            round(server.port, authorization, &small, 50, 4, &mut events).await?;
+            let jobs = if delay_ms == 0 { 1000 } else { 200 * machines };
+            let forge = round(server.port, authorization, &small, jobs, 16, &mut events).await?;
+            if machines == 1 {
+                one = forge.rate();
+            }
+            println!(
+                "{}  [{:.2}x one machine]",
+                forge.line(&format!("{machines} fake Forge, {delay_ms} ms/picture")),
+                forge.rate() / one.max(1e-9)
+            );
         }
-        let server = start_server(url, &extra).await?;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let mut events = listen(server.rt_port).await?;
-        round(server.port, authorization, &small, 50, 4, &mut events).await?;
-        let forge = round(server.port, authorization, &small, 1000, 16, &mut events).await?;
-        if machines == 1 {
-            one = forge.rate();
-        }
-        println!(
-            "{}  [{:.2}x one machine]",
-            forge.line(&format!("{machines} fake Forge machine(s), 0 ms")),
-            forge.rate() / one.max(1e-9)
-        );
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! `task-finished` at a socket.io client (websocket), on an idle server with an instant
 //! backend and under load, and end-to-end throughput (submit N jobs, wait for every
 //! `task-finished`) with the simulated backend and with one and several fake Forge machines
-//! answering at once. Each figure stands beside a baseline of the same run: the HTTP answer of
+//! (answering at once, and taking 20 ms per picture as a stand-in for a GPU). Each figure stands beside a baseline of the same run: the HTTP answer of
 //! the same submits.
 //!
 //! The client is a small Engine.IO v4 / socket.io v5 websocket client (open, connect to `/`,
@@ -44,7 +44,11 @@ pub(super) async fn listen(rt_port: u16) -> Result<mpsc::UnboundedReceiver<Finis
         let Some(text) = message.as_text() else {
             continue;
         };
-        if text.starts_with('0') {
+        if text == "2" {
+            ws.send(Message::text("3"))
+                .await
+                .map_err(|err| BenchError::Other(err.to_string()))?;
+        } else if text.starts_with('0') {
             ws.send(Message::text("40"))
                 .await
                 .map_err(|err| BenchError::Other(err.to_string()))?;
@@ -123,6 +127,61 @@ impl Round {
     pub(super) fn rate(&self) -> f64 {
         self.finished.len() as f64 / self.wall.as_secs_f64().max(1e-9)
     }
+}
+
+/// Submits `jobs` jobs, one at a time, each after the previous one's `task-finished` arrived
+/// (an idle server).
+pub(super) async fn one_by_one(
+    http_port: u16,
+    authorization: &str,
+    body: &Value,
+    jobs: usize,
+    events: &mut mpsc::UnboundedReceiver<Finished>,
+) -> Result<Round, BenchError> {
+    let http = crate::forge::http_client();
+    let url = format!("http://127.0.0.1:{http_port}/api/queue/user/txt2img");
+    let started = Instant::now();
+    let (mut answered, mut finished) = (Vec::new(), Vec::new());
+    let mut submit_time = Duration::ZERO;
+    for _ in 0..jobs {
+        let at = Instant::now();
+        let job: Value = http
+            .post(&url)
+            .header("authorization", authorization)
+            .json(body)
+            .send()
+            .await
+            .map_err(|err| BenchError::Other(err.to_string()))?
+            .json()
+            .await
+            .map_err(|err| BenchError::Other(err.to_string()))?;
+        answered.push(at.elapsed());
+        submit_time += at.elapsed();
+        let id = job["job_id"]
+            .as_str()
+            .ok_or_else(|| BenchError::Other(format!("submit refused: {job}")))?
+            .to_owned();
+        loop {
+            let got = tokio::time::timeout(Duration::from_secs(30), events.recv())
+                .await
+                .map_err(|_| BenchError::Other(format!("job {id} did not finish in 30 s")))?;
+            let Some((done, when)) = got else {
+                return Err(BenchError::Other("socket.io client closed".into()));
+            };
+            if done == id {
+                finished.push(when - at);
+                break;
+            }
+        }
+    }
+    answered.sort();
+    finished.sort();
+    Ok(Round {
+        answered,
+        finished,
+        wall: started.elapsed(),
+        submit_wall: submit_time,
+    })
 }
 
 /// Submits `jobs` jobs over `concurrency` connections (`body` for each) and waits for every
@@ -225,8 +284,9 @@ pub(super) async fn round(
     })
 }
 
-/// A Forge that answers every call at once (one generation at a time, as Forge).
-pub(super) async fn fake_forge() -> Result<u16, BenchError> {
+/// A Forge that answers every call at once, generations after `delay` (one generation at a
+/// time, as Forge).
+pub(super) async fn fake_forge(delay: Duration) -> Result<u16, BenchError> {
     use axum::routing::{get, post};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
@@ -246,6 +306,9 @@ pub(super) async fn fake_forge() -> Result<u16, BenchError> {
         let (image, busy) = (image.clone(), busy.clone());
         async move {
             let _turn = busy.lock().await;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             axum::Json(json!({"images": [image], "parameters": {}, "info": "{\"seed\": 1234}"}))
         }
     };

@@ -237,7 +237,8 @@ impl ForgeBackend {
         down: &[Option<(Instant, Duration)>],
         overtaken: &mut HashMap<JobId, u32>,
     ) -> Option<(usize, Lease)> {
-        if free.is_empty() {
+        // One machine has nobody to defer to; with every machine free, order decides.
+        if free.is_empty() || self.machines.len() < 2 || free.len() == self.machines.len() {
             return None;
         }
         let can = union(free.iter().map(|&i| &self.machines[i].can));
