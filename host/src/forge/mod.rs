@@ -86,6 +86,8 @@ pub struct Offer {
 struct OfferInner {
     machines: Vec<Arc<Machine>>,
     cache: [Cached; 5],
+    /// The names queue-time resolution needs, read from the lists above.
+    names: RwLock<Option<(Instant, Arc<Lists>)>>,
 }
 
 impl Offer {
@@ -95,6 +97,7 @@ impl Offer {
             inner: Arc::new(OfferInner {
                 machines,
                 cache: Default::default(),
+                names: RwLock::new(None),
             }),
         }
     }
@@ -116,7 +119,7 @@ impl Offer {
     /// One list: the union over the machines that answer (an error only if none does).
     pub async fn list(&self, kind: ListKind) -> Result<Arc<Vec<Value>>, ForgeError> {
         if !self.has_forge() {
-            return Ok(Arc::new(crate::sim::catalog(kind)));
+            return Ok(builtin(kind));
         }
         let slot = &self.inner.cache[kind.index()];
         if let Some((at, list)) = slot.read().await.as_ref()
@@ -174,23 +177,25 @@ impl Offer {
             }
         }
         *self.inner.cache[ListKind::Models.index()].write().await = None;
+        *self.inner.names.write().await = None;
         result
     }
 
-    /// Forget every cached list.
-    pub async fn forget(&self) {
-        for kind in ListKind::ALL {
-            *self.inner.cache[kind.index()].write().await = None;
+    /// The names queue-time resolution needs (samplers, schedulers, upscalers, models),
+    /// reused as long as the lists are.
+    pub async fn lists(&self) -> Result<Arc<Lists>, ForgeError> {
+        if let Some((at, names)) = self.inner.names.read().await.as_ref()
+            && (!self.has_forge() || at.elapsed() < LIST_CACHE)
+        {
+            return Ok(names.clone());
         }
-    }
-
-    /// The names queue-time resolution needs (samplers, schedulers, upscalers, models).
-    pub async fn lists(&self) -> Result<Lists, ForgeError> {
         let samplers = self.list(ListKind::Samplers).await?;
         let schedulers = self.list(ListKind::Schedulers).await?;
         let upscalers = self.list(ListKind::Upscalers).await?;
         let models = self.list(ListKind::Models).await?;
-        Ok(lists_from(&samplers, &schedulers, &upscalers, &models))
+        let names = Arc::new(lists_from(&samplers, &schedulers, &upscalers, &models));
+        *self.inner.names.write().await = Some((Instant::now(), names.clone()));
+        Ok(names)
     }
 
     /// Forge's png-info of a picture, from the first machine that answers.
@@ -204,6 +209,13 @@ impl Offer {
         }
         last.map_or(Ok(None), Err)
     }
+}
+
+/// The simulated backend's catalog, built once.
+fn builtin(kind: ListKind) -> Arc<Vec<Value>> {
+    static BUILT: std::sync::OnceLock<[Arc<Vec<Value>>; 5]> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| ListKind::ALL.map(|k| Arc::new(crate::sim::catalog(k))))[kind.index()]
+        .clone()
 }
 
 fn short(value: &Value) -> String {
