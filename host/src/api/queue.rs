@@ -330,21 +330,10 @@ pub(super) async fn queue<const IMG2IMG: bool, const LEGACY: bool>(
     if IMG2IMG {
         queue_img2img(state, peer, headers, body, owner, role).await
     } else {
-        queue_txt2img_route(state, peer, headers, body, owner, role).await
+        let request = normalise(&body, state.intake.limits().max_pixels)?;
+        check_category(&state, request.category_id, &owner).await?;
+        queue_txt2img(&state, &owner, role, request, origin(&headers, peer)).await
     }
-}
-
-async fn queue_txt2img_route(
-    state: AppState,
-    peer: SocketAddr,
-    headers: HeaderMap,
-    body: Map<String, Value>,
-    owner: String,
-    role: i64,
-) -> Result<Response, ApiError> {
-    let request = normalise(&body, state.intake.limits().max_pixels)?;
-    check_category(&state, request.category_id, &owner).await?;
-    queue_txt2img(&state, &owner, role, request, origin(&headers, peer)).await
 }
 
 /// Navigator's queue-time name resolution against what the backends offer (skipped, with a

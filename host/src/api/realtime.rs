@@ -148,8 +148,6 @@ impl Realtime {
                                 Some(user) => Some(user),
                                 None => {
                                     tracing::info!(sid = %socket.id, "socket.io credentials refused");
-                                    let _ = socket
-                                        .emit("connect_error", &json!({"message": "Unauthorized"}));
                                     socket.disconnect().ok();
                                     return;
                                 }
@@ -176,7 +174,7 @@ impl Realtime {
             }
         };
         io.ns("/", on_connect);
-        tokio::spawn(actor(io, jobs, rx, inbox));
+        tokio::spawn(actor(io, jobs, rx));
         (rt, layer)
     }
 
@@ -219,11 +217,6 @@ impl Realtime {
     /// Disconnects every socket (at shutdown: long-polls and websockets end now).
     pub async fn close(&self) {
         self.io.close().await;
-    }
-
-    /// Sockets connected now.
-    pub fn sockets(&self) -> usize {
-        self.io.sockets().len()
     }
 }
 
@@ -270,12 +263,7 @@ fn addresses(socket: &SocketRef) -> Vec<String> {
     out
 }
 
-async fn actor(
-    io: SocketIo,
-    jobs: JobReader,
-    mut rx: mpsc::UnboundedReceiver<Msg>,
-    inbox: mpsc::UnboundedSender<Msg>,
-) {
+async fn actor(io: SocketIo, jobs: JobReader, mut rx: mpsc::UnboundedReceiver<Msg>) {
     let mut live: HashMap<JobId, Live> = HashMap::new();
     while let Some(msg) = rx.recv().await {
         match msg {
@@ -354,7 +342,6 @@ async fn actor(
             }
         }
     }
-    drop(inbox);
 }
 
 /// Sends a terminal event again, later (see the module docs).
