@@ -44,6 +44,7 @@ fn new_job<'a>(id: &'a str, json: &'a str, model: &'a str, pixels: i64) -> NewJo
         origin: None,
         model,
         pixels,
+        category_id: None,
     }
 }
 
@@ -563,20 +564,23 @@ async fn users_categories_models(engine: Engine) {
     assert!(store.category_owned_by(cat, "42").await.unwrap());
     assert!(!store.category_owned_by(cat, "43").await.unwrap());
     assert!(!store.category_owned_by(cat + 1000, "42").await.unwrap());
-    store
+    let sdxl = store
         .add_model("sdxl_base", Some("SDXL"), false)
         .await
         .unwrap();
-    store.add_model("secret", None, true).await.unwrap();
+    let secret = store.add_model("secret", None, true).await.unwrap();
+    assert_ne!(sdxl, secret);
     assert_eq!(
         store.models().await.unwrap(),
         vec![
             ModelEntry {
+                id: sdxl,
                 name: "sdxl_base".to_owned(),
                 friendly_name: Some("SDXL".to_owned()),
                 restricted: false
             },
             ModelEntry {
+                id: secret,
                 name: "secret".to_owned(),
                 friendly_name: None,
                 restricted: true

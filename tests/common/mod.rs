@@ -12,6 +12,7 @@
 
 pub mod discord;
 pub mod forge;
+pub mod npm;
 pub mod socketio;
 
 use std::io::{BufRead, BufReader};

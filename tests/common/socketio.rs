@@ -15,11 +15,10 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::fs::File;
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -32,56 +31,9 @@ const PEER_SCRIPT: &str = concat!(
     "/../tests/peers/socketio_client.mjs"
 );
 
-/// `<CARGO_TARGET_TMPDIR>/socketio-client-4.8/node_modules`, with `socket.io-client@4.8`
-/// installed from npm on first use (once per process, under an exclusive file lock on
-/// `socketio-client-4.8.lock` across processes; skipped when already there).
-pub fn node_modules() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        let prefix = tmp.join("socketio-client-4.8");
-        let lock_path = tmp.join("socketio-client-4.8.lock");
-        std::fs::create_dir_all(&tmp).unwrap_or_else(|e| panic!("creating {}: {e}", tmp.display()));
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .unwrap_or_else(|e| panic!("opening {}: {e}", lock_path.display()));
-        lock.lock()
-            .unwrap_or_else(|e| panic!("locking {}: {e}", lock_path.display()));
-        if installed_version(&prefix).is_none_or(|v| !v.starts_with("4.8")) {
-            let out = Command::new("npm")
-                .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
-                .arg(&prefix)
-                .arg("socket.io-client@4.8")
-                .stdin(Stdio::null())
-                .output()
-                .unwrap_or_else(|e| {
-                    panic!("running npm to install socket.io-client@4.8 (is npm on PATH?): {e}")
-                });
-            let version = installed_version(&prefix);
-            if !out.status.success() || version.as_deref().is_none_or(|v| !v.starts_with("4.8")) {
-                panic!(
-                    "`npm install --prefix {} socket.io-client@4.8` failed ({}; installed \
-                     version {version:?})\nstdout:\n{}\nstderr:\n{}",
-                    prefix.display(),
-                    out.status,
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr),
-                );
-            }
-        }
-        drop(lock);
-        prefix.join("node_modules")
-    })
-}
-
-/// The `version` in `<prefix>/node_modules/socket.io-client/package.json`, if readable.
-fn installed_version(prefix: &Path) -> Option<String> {
-    let path = prefix.join("node_modules/socket.io-client/package.json");
-    let json: Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    Some(json.get("version")?.as_str()?.to_owned())
+/// `node_modules` with `socket.io-client@4.8` from npm (see [`super::npm`]).
+pub fn node_modules() -> PathBuf {
+    super::npm::node_modules("socket.io-client", "4.8")
 }
 
 /// How [`SocketClient::connect`] connects; `Default` is the client's defaults.
@@ -142,8 +94,8 @@ impl SocketClient {
         let mut child = Command::new("node")
             .arg(PEER_SCRIPT)
             .arg(args.to_string())
-            .env("SIOCLIENT_DIR", modules)
-            .env("NODE_PATH", modules)
+            .env("SIOCLIENT_DIR", &modules)
+            .env("NODE_PATH", &modules)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

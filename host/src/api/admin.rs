@@ -1,30 +1,141 @@
-//! `GET /api/admin/plugins`: what `easel plugin list` shows, from the running server, with
-//! each plugin's reload count and last reload time (superuser token or role ≥ 3).
+//! `/api/admin`: Navigator's authorize-user and disable-user, the role route Navigator lacks
+//! (`PUT /api/admin/users/:id/role`), and easel's views of the running server: plugins (what
+//! `easel plugin list` shows, with reload counts) and backends. Superuser token or role ≥ 3;
+//! users are written through the accounts service.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState};
-use crate::accounts::role::ARCHITECT;
+use super::{ApiError, AppState, User};
+use crate::accounts::role::{APEX, APPRENTICE, ARCHITECT, ARTIFICER};
 
-/// The superuser token or a role ≥ 3, else `403`.
-async fn administrator(state: &AppState, headers: &HeaderMap, what: &str) -> Result<(), ApiError> {
+/// The superuser token or a role ≥ 3, else `403 {"error": "You do not have permission to
+/// <what>!"}`.
+async fn administrator(
+    state: &AppState,
+    headers: &HeaderMap,
+    what: &str,
+) -> Result<User, ApiError> {
     let user = state.auth.authenticate(headers, &state.accounts).await?;
     if user.role < ARCHITECT {
         return Err(ApiError::forbidden(format!(
-            "You do not have permission to view {what}!"
+            "You do not have permission to {what}!"
         )));
     }
+    Ok(user)
+}
+
+/// A Discord id from the path: digits only, never the caller's own.
+fn target(id: &str, caller: &User, yourself: &str) -> Result<(), ApiError> {
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) || id.len() > 20 {
+        return Err(ApiError::bad_request("Discord ID must be a number"));
+    }
+    if id == caller.discord_id {
+        return Err(ApiError::bad_request(yourself));
+    }
     Ok(())
+}
+
+/// With a bot token configured, the Discord user `id` (`400` when Discord does not know it).
+async fn validated(state: &AppState, id: &str) -> Result<Option<Value>, ApiError> {
+    if !state.identity.checks_ids() {
+        return Ok(None);
+    }
+    match state.identity.user(id).await {
+        Ok(Some(user)) => Ok(Some(user)),
+        Ok(None) => Err(ApiError::bad_request("Failed to validate Discord ID!")),
+        Err(err) => {
+            tracing::warn!(error = %err, "checking a Discord id failed");
+            Err(ApiError::bad_request("Failed to validate Discord ID!"))
+        }
+    }
+}
+
+/// `GET /api/admin/authorize-user/:discordId`: role 1 (4 for the very first user).
+pub(super) async fn authorize_user(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = administrator(&state, &headers, "authorize users").await?;
+    target(&id, &caller, "You cannot authorize yourself!")?;
+    let user = validated(&state, &id).await?;
+    let role = state
+        .accounts
+        .authorize(&id)
+        .await
+        .map_err(ApiError::internal)?;
+    tracing::info!(discord_id = %id, role, by = %caller.discord_id, "user authorized");
+    let mut answer = json!({"message": "User authorized!", "discord_id": id});
+    if let Some(user) = user {
+        answer["user"] = user;
+    }
+    Ok(Json(answer))
+}
+
+/// `GET /api/admin/disable-user/:discordId`: role 0; the user's images stay.
+pub(super) async fn disable_user(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = administrator(&state, &headers, "disable users").await?;
+    target(&id, &caller, "You cannot disable yourself!")?;
+    validated(&state, &id).await?;
+    state
+        .accounts
+        .disable(&id)
+        .await
+        .map_err(ApiError::internal)?;
+    tracing::info!(discord_id = %id, by = %caller.discord_id, "user disabled");
+    Ok(Json(json!({"message": "User disabled!", "discord_id": id})))
+}
+
+/// `PUT /api/admin/users/:discordId/role {"role": 1|2|3}`: what Navigator's README asks for.
+/// An architect (3) may give roles 1 and 2; only the superuser may make architects.
+pub(super) async fn set_role(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = administrator(&state, &headers, "set roles").await?;
+    target(&id, &caller, "You cannot change your own role!")?;
+    let role = body
+        .as_ref()
+        .and_then(|Json(body)| body.get("role"))
+        .and_then(Value::as_i64)
+        .filter(|role| (APPRENTICE..=ARCHITECT).contains(role))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "role must be 1 (apprentice), 2 (artificer) or 3 (architect); \
+                 disable-user sets 0",
+            )
+        })?;
+    if role > ARTIFICER && caller.role < APEX {
+        return Err(ApiError::forbidden(
+            "You do not have permission to make administrators!",
+        ));
+    }
+    validated(&state, &id).await?;
+    state
+        .accounts
+        .set_role(&id, role)
+        .await
+        .map_err(ApiError::internal)?;
+    tracing::info!(discord_id = %id, role, by = %caller.discord_id, "role set");
+    Ok(Json(
+        json!({"message": "Role set!", "discord_id": id, "role": role}),
+    ))
 }
 
 pub(super) async fn plugins(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    administrator(&state, &headers, "plugins").await?;
+    administrator(&state, &headers, "view plugins").await?;
     let registry = &state.plugins;
     let roles: Vec<Value> = registry
         .roles()
@@ -52,7 +163,7 @@ pub(super) async fn backends(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    administrator(&state, &headers, "backends").await?;
+    administrator(&state, &headers, "view backends").await?;
     Ok(Json(json!({
         "backends": state.backends,
         "forge": state.offer.states(),

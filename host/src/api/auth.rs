@@ -1,12 +1,18 @@
 //! Navigator's authentication: the superuser token sent raw in `Authorization`, or
 //! `Bearer <JWT>` signed HS256 with `secret_key`. The role always comes from the accounts
-//! service (re-read for every request, through its cache).
+//! service (re-read for every request, through its cache). Also the tokens easel issues at
+//! login (`POST /api/auth/login`: Discord's authorization-code flow, or the demo user).
 
-use axum::http::HeaderMap;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+use std::time::Duration;
 
-use super::ApiError;
-use crate::accounts::{Accounts, role};
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+use crate::accounts::{Accounts, DEMO_USER, role};
 
 /// Who is calling.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,11 +26,48 @@ pub struct User {
     pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
-/// The credentials the API accepts.
+/// The credentials the API accepts, and the tokens it issues.
 #[derive(Clone)]
 pub struct Authenticator {
     superuser_token: String,
     jwt_key: Option<DecodingKey>,
+    signing_key: Option<EncodingKey>,
+    /// Lifetime of issued tokens; `None`: no `exp`.
+    expiration: Option<Duration>,
+}
+
+/// Lifetime of the demo user's tokens (Navigator's `"3hr"`).
+const DEMO_EXPIRATION: Duration = Duration::from_secs(3 * 3600);
+
+/// A vercel/ms duration (`"72h"`, `"14d"`, `"90 minutes"`, `"1.5h"`, a bare number is
+/// milliseconds) as jsonwebtoken's `expiresIn` reads it; `"-1"` means "no expiry" (`None`).
+pub fn parse_expiration(text: &str) -> Result<Option<Duration>, &'static str> {
+    const EXPECTED: &str =
+        "a duration such as \"72h\", \"14d\" or \"90m\" (vercel/ms), or \"-1\" for no expiry";
+    let text = text.trim();
+    if text == "-1" {
+        return Ok(None);
+    }
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().map_err(|_| EXPECTED)?;
+    let ms_per_unit = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "ms" | "msec" | "msecs" | "millisecond" | "milliseconds" => 1.0,
+        "s" | "sec" | "secs" | "second" | "seconds" => 1e3,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60e3,
+        "h" | "hr" | "hrs" | "hour" | "hours" => 3600e3,
+        "d" | "day" | "days" => 86_400e3,
+        "w" | "week" | "weeks" => 604_800e3,
+        "y" | "yr" | "yrs" | "year" | "years" => 31_557_600e3,
+        _ => return Err(EXPECTED),
+    };
+    let ms = number * ms_per_unit;
+    if !ms.is_finite() || !(1000.0..=1e15).contains(&ms) {
+        return Err(EXPECTED);
+    }
+    Ok(Some(Duration::from_millis(ms as u64)))
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -41,13 +84,32 @@ impl std::fmt::Debug for Authenticator {
 pub const SUPERUSER_ID: &str = "superuser";
 
 impl Authenticator {
-    /// Accepts `superuser_token` (if non-empty) and JWTs signed with `secret_key` (if non-empty).
-    pub fn new(superuser_token: &str, secret_key: &str) -> Self {
+    /// Accepts `superuser_token` (if non-empty) and JWTs signed with `secret_key` (if
+    /// non-empty), and issues tokens living `expiration` (`None`: without `exp`).
+    pub fn new(superuser_token: &str, secret_key: &str, expiration: Option<Duration>) -> Self {
+        let secret = (!secret_key.is_empty()).then_some(secret_key.as_bytes());
         Self {
             superuser_token: superuser_token.to_owned(),
-            jwt_key: (!secret_key.is_empty())
-                .then(|| DecodingKey::from_secret(secret_key.as_bytes())),
+            jwt_key: secret.map(DecodingKey::from_secret),
+            signing_key: secret.map(EncodingKey::from_secret),
+            expiration,
         }
+    }
+
+    /// A token for `discord_id`, as Navigator signs them: HS256,
+    /// `{discord_id, role, iat, exp}` (no `exp` without an expiration). `None` without a
+    /// secret key.
+    pub fn issue(&self, discord_id: &str, role: i64, lifetime: Option<Duration>) -> Option<String> {
+        let key = self.signing_key.as_ref()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let mut claims = json!({"discord_id": discord_id, "role": role, "iat": now});
+        if let Some(lifetime) = lifetime {
+            claims["exp"] = json!(now + lifetime.as_secs());
+        }
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key).ok()
     }
 
     /// Navigator's `isAuthenticated`: the caller, or the 401/403 it gets.
@@ -78,6 +140,9 @@ impl Authenticator {
             )));
         };
         let mut validation = Validation::new(Algorithm::HS256);
+        // What npm's jsonwebtoken accepts for a secret key when, as in Navigator, no
+        // algorithm is named.
+        validation.algorithms = vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
         // Navigator issues tokens without `exp` when expiration is disabled.
         validation.required_spec_claims.clear();
         validation.validate_exp = true;
@@ -94,6 +159,10 @@ impl Authenticator {
                 ErrorKind::InvalidAlgorithm => "invalid algorithm",
                 ErrorKind::ImmatureSignature => "jwt not active",
                 _ if token.is_empty() => "jwt must be provided",
+                // `alg: none` and other unsigned tokens.
+                _ if token.ends_with('.') && token.matches('.').count() == 2 => {
+                    "jwt signature is required"
+                }
                 _ => "jwt malformed",
             };
             ApiError::unauthorized(Some(message))
@@ -104,6 +173,9 @@ impl Authenticator {
             Some(serde_json::Value::Number(id)) => id.to_string(),
             _ => return Err(ApiError::unauthorized(Some("Malformed token!"))),
         };
+        if discord_id == DEMO_USER && !accounts.demo_enabled() {
+            return Err(ApiError::unauthorized(Some("Demo user was disabled")));
+        }
         let role = accounts
             .permission_role(&discord_id)
             .await
@@ -124,4 +196,73 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `POST /api/auth/login {"code"}`: Discord's authorization code (or `DEMO_USER`) for a token.
+pub(super) async fn login(
+    State(state): State<AppState>,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, ApiError> {
+    let code = body
+        .as_ref()
+        .and_then(|Json(body)| body.get("code"))
+        .and_then(Value::as_str)
+        .filter(|code| !code.is_empty());
+    let Some(code) = code else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            json!({"message": "Code is required"}),
+        ));
+    };
+    let not_configured = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": "Login is not configured on this server (no [api] secret_key)"}),
+        )
+    };
+    if code == "DEMO_USER" {
+        if !state.accounts.demo_enabled() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                json!({"error": "Demo user is not enabled", "error_code": "DEMO_USER_DISABLED"}),
+            ));
+        }
+        let token = state
+            .auth
+            .issue(DEMO_USER, role::ARTIFICER, Some(DEMO_EXPIRATION))
+            .ok_or_else(not_configured)?;
+        return Ok(Json(json!({
+            "token": token,
+            "user": {
+                "id": DEMO_USER, "username": "DemoUser", "global_name": "Demo User",
+                "discriminator": "0000", "avatar": null, "bot": false, "system": false,
+                "mfa_enabled": false, "locale": "en-US", "verified": true,
+            },
+            "role": role::ARTIFICER,
+        })));
+    }
+    let user = state.identity.login(code).await.map_err(|err| {
+        tracing::warn!(error = %err, "Discord login failed");
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "Authentication through Discord failed"}),
+        )
+    })?;
+    let id = user.get("id").and_then(Value::as_str).unwrap_or_default();
+    let role = state
+        .accounts
+        .permission_role(id)
+        .await
+        .map_err(ApiError::internal)?;
+    if role < role::APPRENTICE {
+        return Err(ApiError::forbidden(
+            "This user does not have API access yet. Please contact an Administrator to get access.",
+        ));
+    }
+    let token = state
+        .auth
+        .issue(id, role, state.auth.expiration)
+        .ok_or_else(not_configured)?;
+    tracing::info!(discord_id = id, role, "logged in through Discord");
+    Ok(Json(json!({"token": token, "user": user, "role": role})))
 }

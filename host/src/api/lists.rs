@@ -59,6 +59,7 @@ pub(super) async fn models(
             if let Some(object) = model.as_object_mut() {
                 object.insert("known".into(), Value::Bool(row.is_some()));
                 if let Some(row) = row {
+                    object.insert("id".into(), json!(row.id));
                     object.insert("model_name".into(), json!(row.name));
                     object.insert("friendly_name".into(), json!(row.friendly_name));
                     object.insert("is_restricted".into(), json!(row.restricted));

@@ -11,6 +11,7 @@ mod images;
 mod lists;
 mod queue;
 pub mod realtime;
+mod user;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,15 +19,16 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-pub use auth::{Authenticator, SUPERUSER_ID, User};
+pub use auth::{Authenticator, SUPERUSER_ID, User, parse_expiration};
 pub use realtime::Realtime;
 
 use crate::accounts::Accounts;
+use crate::accounts::discord::DiscordIdentity;
 use crate::catalog::Catalog;
 use crate::forge::Offer;
 use crate::intake::Intake;
@@ -52,6 +54,8 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     /// socket.io: job events to their owners.
     pub realtime: Realtime,
+    /// Discord, for logins and id checks.
+    pub identity: DiscordIdentity,
     /// The backends running (for the admin view).
     pub backends: Vec<String>,
     /// Serve the unauthenticated legacy bot routes.
@@ -83,7 +87,21 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/config/limits", get(limits))
         .route("/config/version", get(version))
+        .route("/auth/login", post(auth::login))
         .route("/user/me", get(me))
+        .route("/user/jobs", get(user::jobs))
+        .route("/user/image/{image_id}", delete(user::delete_image))
+        .route("/user/image/{image_id}/meta", get(user::image_meta))
+        .route(
+            "/user/image/{image_id}/category",
+            put(user::set_image_category),
+        )
+        .route("/user/categories", get(user::categories))
+        .route("/user/category", post(user::create_category))
+        .route(
+            "/user/category/{category_id}",
+            delete(user::delete_category).patch(user::rename_category),
+        )
         .route("/models", get(lists::models))
         .route("/samplers", get(lists::samplers))
         .route("/upscalers", get(lists::upscalers))
@@ -101,6 +119,12 @@ pub fn router(state: AppState) -> Router {
         .route("/images/{job_id}", get(images::image))
         .route("/images/{job_id}/info", get(images::info))
         .route("/previews/{job_id}", get(images::preview))
+        .route(
+            "/admin/authorize-user/{discord_id}",
+            get(admin::authorize_user),
+        )
+        .route("/admin/disable-user/{discord_id}", get(admin::disable_user))
+        .route("/admin/users/{discord_id}/role", put(admin::set_role))
         .route("/admin/plugins", get(admin::plugins))
         .route("/admin/backends", get(admin::backends));
     // CORS on everything but `GET /` (as Navigator), unknown routes and preflights included,

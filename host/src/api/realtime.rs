@@ -118,6 +118,7 @@ impl Realtime {
         jobs: JobReader,
         auth: Authenticator,
         accounts: Arc<Accounts>,
+        greet: bool,
     ) -> (Self, socketioxide::layer::SocketIoLayer) {
         let (layer, io) = SocketIo::builder().max_buffer_size(1024).build_layer();
         let (inbox, rx) = mpsc::unbounded_channel();
@@ -164,7 +165,9 @@ impl Realtime {
                             }
                         }
                     }
-                    let _ = socket.emit("connected", &json!({"message": GREETING}));
+                    if greet {
+                        let _ = socket.emit("connected", &json!({"message": GREETING}));
+                    }
                     let _ = inbox.send(Msg::Connected {
                         sid: socket.id,
                         user,

@@ -65,6 +65,7 @@ async fn run_on(url: &str, options: &BenchOptions) -> Result<(), BenchError> {
                 origin: None,
                 model: "bench",
                 pixels: i64::from(options.size * options.size),
+                category_id: None,
             })
             .await?;
         let row = store

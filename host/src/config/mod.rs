@@ -43,6 +43,87 @@ pub struct Config {
     /// `[[forge]]`: Forge/AUTOMATIC1111 machines (none: Navigator's `SD_API_HOST` /
     /// `SD_API_BASE` make one when set).
     pub forge: Vec<Forge>,
+    /// `[oauth]`: Discord login for the HTTP API.
+    pub oauth: OAuth,
+    /// `[civitai]`: LoRA metadata and model downloads.
+    pub civitai: CivitAi,
+    /// What reading the environment noticed (variables easel takes but does not need): logged
+    /// at start.
+    #[serde(skip)]
+    pub env_notes: Vec<String>,
+}
+
+/// `[oauth]`: the server side of Discord's authorization-code login (`POST /api/auth/login`).
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct OAuth {
+    /// Discord's API, including the version (tests point it at a fake).
+    pub discord_api: String,
+    /// The application's id (env `DISCORD_CLIENT_ID`).
+    pub client_id: String,
+    /// The application's secret (env `DISCORD_CLIENT_SECRET`); never logged.
+    pub client_secret: String,
+    /// Must equal the client's redirect URI (env `DISCORD_REDIRECT_URI`).
+    pub redirect_uri: String,
+}
+
+impl Default for OAuth {
+    fn default() -> Self {
+        Self {
+            discord_api: "https://discord.com/api/v10".to_owned(),
+            client_id: String::new(),
+            client_secret: String::new(),
+            redirect_uri: String::new(),
+        }
+    }
+}
+
+impl fmt::Debug for OAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OAuth")
+            .field("discord_api", &self.discord_api)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &Redacted(&self.client_secret))
+            .field("redirect_uri", &self.redirect_uri)
+            .finish()
+    }
+}
+
+/// `[civitai]`: CivitAI for LoRA metadata and model downloads into the Forge's model folder.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct CivitAi {
+    /// CivitAI's API (tests point it at a fake).
+    pub api: String,
+    /// Bearer key (env `CIVITAI_API_KEY`); never logged.
+    pub api_key: String,
+    /// The Forge's `models` folder (env `MODEL_DIR`); empty: downloads are off.
+    pub model_dir: String,
+    /// List the Forge's LoRAs at `/api/models/loras` (env `ENABLE_LORA_REQUESTS` or
+    /// `ENABLE_LORA_SUPPORT`); off: the list is empty, as in Navigator.
+    pub lora_requests: bool,
+}
+
+impl Default for CivitAi {
+    fn default() -> Self {
+        Self {
+            api: "https://civitai.com/api/v1".to_owned(),
+            api_key: String::new(),
+            model_dir: String::new(),
+            lora_requests: false,
+        }
+    }
+}
+
+impl fmt::Debug for CivitAi {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CivitAi")
+            .field("api", &self.api)
+            .field("api_key", &Redacted(&self.api_key))
+            .field("model_dir", &self.model_dir)
+            .field("lora_requests", &self.lora_requests)
+            .finish()
+    }
 }
 
 /// One `[[forge]]` machine, driven as Navigator drives its Forge.
@@ -317,6 +398,14 @@ pub struct Api {
     /// Serve Navigator's unauthenticated `/api/queue/txt2img` and `/api/queue/img2img`
     /// (env `ALLOW_LEGACY_BOT_ENDPOINTS=true`).
     pub allow_legacy_bot_endpoints: bool,
+    /// Lifetime of the JWTs `POST /api/auth/login` issues, a vercel/ms string such as `"72h"`,
+    /// `"14d"` or `"90m"`; `"-1"`: tokens without `exp` (env `TOKEN_EXPIRATION_TIME`).
+    pub token_expiration: String,
+    /// Accept `{"code":"DEMO_USER"}` at login (env `ENABLE_DEMO_USER`, a boolean).
+    pub enable_demo_user: bool,
+    /// Greet each socket.io connection with `connected` (env `I_DO_NOT_LIKE_FUN=true` turns
+    /// it off).
+    pub greet: bool,
 }
 
 impl Default for Api {
@@ -330,6 +419,9 @@ impl Default for Api {
             secret_key: String::new(),
             image_pixel_limit: 3_686_400,
             allow_legacy_bot_endpoints: false,
+            token_expiration: "72h".to_owned(),
+            enable_demo_user: false,
+            greet: true,
         }
     }
 }
@@ -348,6 +440,9 @@ impl fmt::Debug for Api {
                 "allow_legacy_bot_endpoints",
                 &self.allow_legacy_bot_endpoints,
             )
+            .field("token_expiration", &self.token_expiration)
+            .field("enable_demo_user", &self.enable_demo_user)
+            .field("greet", &self.greet)
             .finish()
     }
 }
@@ -706,7 +801,10 @@ impl Config {
         }
         if let Some(v) = get("DATABASE_URL").filter(|v| !v.is_empty()) {
             self.database.url = v;
+        } else if let Some(url) = navigator_database_url(&get) {
+            self.database.url = url;
         }
+        self.apply_navigator_env(&get)?;
         if let Some(v) = get("HTTP_API_PORT") {
             self.api.http_port = env_number(&v, "HTTP_API_PORT", "a port number (0-65535)")?;
         }
@@ -747,6 +845,86 @@ impl Config {
         if let Some(v) = get("IMAGE_PIXEL_LIMIT") {
             self.api.image_pixel_limit =
                 env_number(&v, "IMAGE_PIXEL_LIMIT", "a positive whole number of pixels")?;
+        }
+        Ok(())
+    }
+
+    /// The rest of Navigator's variables (compat §2.2): each is honoured, or noted as not
+    /// needed, or refused.
+    fn apply_navigator_env(
+        &mut self,
+        get: &impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        if let Some(v) = get("TOKEN_EXPIRATION_TIME").filter(|v| !v.trim().is_empty()) {
+            crate::api::parse_expiration(&v).map_err(|expected| ConfigError::Invalid {
+                key: "environment variable TOKEN_EXPIRATION_TIME".to_owned(),
+                found: format!("{v:?}"),
+                expected: expected.to_owned(),
+            })?;
+            self.api.token_expiration = v.trim().to_owned();
+        }
+        if let Some(v) = get("ENABLE_DEMO_USER") {
+            self.api.enable_demo_user = env_bool(&v, "ENABLE_DEMO_USER")?;
+        }
+        if let Some(v) = get("I_DO_NOT_LIKE_FUN") {
+            self.api.greet = !env_bool(&v, "I_DO_NOT_LIKE_FUN")?;
+        }
+        for name in ["ENABLE_LORA_REQUESTS", "ENABLE_LORA_SUPPORT"] {
+            if let Some(v) = get(name) {
+                self.civitai.lora_requests |= env_bool(&v, name)?;
+            }
+        }
+        if let Some(v) = get("DISCORD_CLIENT_ID").filter(|v| !v.is_empty()) {
+            self.oauth.client_id = v;
+        }
+        if let Some(v) = get("DISCORD_CLIENT_SECRET").filter(|v| !v.is_empty()) {
+            self.oauth.client_secret = v;
+        }
+        if let Some(v) = get("DISCORD_REDIRECT_URI").filter(|v| !v.is_empty()) {
+            self.oauth.redirect_uri = v;
+        }
+        if let Some(v) = get("CIVITAI_API_KEY").filter(|v| !v.is_empty()) {
+            self.civitai.api_key = v;
+        }
+        if let Some(v) = get("MODEL_DIR").filter(|v| !v.is_empty()) {
+            self.civitai.model_dir = v;
+        }
+        // Navigator switched Discord id checks on with `BOT_TOKEN` and sent
+        // `DISCORD_BOT_TOKEN`; easel has one bot token (`[auth] discord_token`, env
+        // `DISCORD_BOT_TOKEN`), which also checks ids when set.
+        if let Some(v) = get("BOT_TOKEN").filter(|v| !v.is_empty()) {
+            match get("DISCORD_BOT_TOKEN").filter(|v| !v.is_empty()) {
+                Some(token) if token != v => {
+                    return Err(ConfigError::Invalid {
+                        key: "environment variable BOT_TOKEN".to_owned(),
+                        found: "a token different from DISCORD_BOT_TOKEN".to_owned(),
+                        expected: "unset, or the same token: easel has one bot token                              (DISCORD_BOT_TOKEN / [auth] discord_token)"
+                            .to_owned(),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    self.auth.discord_token = v;
+                    self.env_notes.push(
+                        "BOT_TOKEN is read as the bot token; easel's name for it is                          DISCORD_BOT_TOKEN ([auth] discord_token)"
+                            .to_owned(),
+                    );
+                }
+            }
+        }
+        for (name, why) in [
+            (
+                "SUPPORTS_FLUX",
+                "Flux models need no switch in easel (Navigator never read it either)",
+            ),
+            (
+                "NAVIGATOR_IGNORE_MIGRATION_MISMATCH",
+                "easel keeps its own schema and adopts a Navigator database at its first start",
+            ),
+        ] {
+            if get(name).is_some() {
+                self.env_notes.push(format!("{name} is not needed: {why}"));
+            }
         }
         Ok(())
     }
@@ -794,6 +972,13 @@ impl Config {
                 expected: expected.to_owned(),
             }
         })?;
+        if let Err(expected) = crate::api::parse_expiration(&self.api.token_expiration) {
+            return Err(ConfigError::Invalid {
+                key: "api.token_expiration".to_owned(),
+                found: format!("{:?}", self.api.token_expiration),
+                expected: expected.to_owned(),
+            });
+        }
         if self.api.image_pixel_limit == 0 {
             return Err(ConfigError::Invalid {
                 key: "api.image_pixel_limit".to_owned(),
@@ -838,6 +1023,12 @@ impl Config {
                 &self.discord.api_base,
                 &["http", "https"][..],
             ),
+            (
+                "oauth.discord_api",
+                &self.oauth.discord_api,
+                &["http", "https"][..],
+            ),
+            ("civitai.api", &self.civitai.api, &["http", "https"][..]),
         ] {
             let ok = value.is_empty()
                 || url::Url::parse(value)
@@ -942,6 +1133,40 @@ impl Config {
     pub fn discord_enabled(&self) -> bool {
         let token = self.auth.discord_token.trim();
         !token.is_empty() && token != PLACEHOLDER_DISCORD_TOKEN && token != "XXXX"
+    }
+}
+
+/// Navigator's `DB_HOST` / `DB_USER` / `DB_PASSWORD` / `DB_NAME` as a MariaDB URL, when any
+/// is set (the others take Navigator's defaults: `localhost`, `bitjourney`, `password`,
+/// `bitjourney`). `DB_HOST` may carry a port (`db:3307`).
+fn navigator_database_url(get: &impl Fn(&str) -> Option<String>) -> Option<String> {
+    let vars = ["DB_HOST", "DB_USER", "DB_PASSWORD", "DB_NAME"].map(get);
+    if vars.iter().all(Option::is_none) {
+        return None;
+    }
+    let [host, user, password, name] = vars;
+    let encode = |v: String| url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+    Some(format!(
+        "mysql://{}:{}@{}/{}",
+        encode(user.unwrap_or_else(|| "bitjourney".to_owned())),
+        encode(password.unwrap_or_else(|| "password".to_owned())),
+        host.unwrap_or_else(|| "localhost".to_owned()),
+        encode(name.unwrap_or_else(|| "bitjourney".to_owned())),
+    ))
+}
+
+/// A boolean environment variable: `true`/`1`/`yes`/`on` or `false`/`0`/`no`/`off`/empty
+/// (any case); anything else is refused rather than guessed (Navigator took any non-empty
+/// string, `"false"` included, as on).
+fn env_bool(value: &str, name: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        _ => Err(ConfigError::Invalid {
+            key: format!("environment variable {name}"),
+            found: format!("{value:?}"),
+            expected: "true or false".to_owned(),
+        }),
     }
 }
 

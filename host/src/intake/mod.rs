@@ -368,6 +368,23 @@ impl Intake {
         self.jobs.interrupt(id).await
     }
 
+    /// Deletes `owner`'s job `id` and its picture (stopping it first if it runs); false when
+    /// `owner` has no such job.
+    pub async fn delete(&self, id: &str, owner: &str) -> Result<bool, crate::jobs::JobError> {
+        self.jobs.delete(id, owner).await
+    }
+
+    /// Files `owner`'s job `id` under `category` (`None`: under none); false when `owner` has
+    /// no such job. Ownership of the category is the front end's to check.
+    pub async fn set_category(
+        &self,
+        id: &str,
+        owner: &str,
+        category: Option<i64>,
+    ) -> Result<bool, crate::jobs::JobError> {
+        self.jobs.set_category(id, owner, category).await
+    }
+
     /// The access plugin: may `caller` use easel here?
     pub async fn admit(&self, caller: Caller) -> Result<Admitted, Refusal> {
         let plugin = caller.plugin();

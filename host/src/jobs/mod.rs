@@ -165,6 +165,26 @@ impl JobReader {
         Ok(self.store.preview_png(id).await?)
     }
 
+    /// One page of `owner`'s jobs, newest first: the total and `(id, category_id)` of each
+    /// (see [`Store::owner_jobs`]).
+    pub async fn owner_jobs(
+        &self,
+        owner: &str,
+        category: Option<i64>,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(i64, Vec<(String, Option<i64>)>), JobError> {
+        Ok(self
+            .store
+            .owner_jobs(owner, category, limit, offset)
+            .await?)
+    }
+
+    /// Owner, category, queue time and Discord message of a job.
+    pub async fn meta(&self, id: &str) -> Result<Option<crate::store::JobMeta>, JobError> {
+        Ok(self.store.job_meta(id).await?)
+    }
+
     /// Queued and running jobs whose stored origin starts with `prefix`, oldest first.
     pub async fn unfinished_from(&self, prefix: &str) -> Result<Vec<JobRow>, JobError> {
         Ok(self.store.unfinished_jobs_from(prefix).await?)
@@ -323,6 +343,7 @@ impl JobService {
                 origin: origin.to_stored(),
                 model: request.model_name.clone(),
                 pixels: i64::try_from(request.pixels()).unwrap_or(i64::MAX),
+                category_id: request.category_id,
             })
             .await?;
         if !inserted {
@@ -617,6 +638,36 @@ impl JobService {
             EventKind::Interrupted { was_running },
         );
         Ok(Some(status))
+    }
+
+    /// Sets or clears the category of `owner`'s job `id` (and its picture); false when
+    /// `owner` has no such job. Whether `owner` owns the category is the caller's to check.
+    pub async fn set_category(
+        &self,
+        id: &str,
+        owner: &str,
+        category: Option<i64>,
+    ) -> Result<bool, JobError> {
+        Ok(self.store.set_job_category(id, owner, category).await?)
+    }
+
+    /// Deletes `owner`'s job `id` and its picture, stopping it first when it is queued or
+    /// running; false when `owner` has no such job.
+    pub async fn delete(&self, id: &str, owner: &str) -> Result<bool, JobError> {
+        let Some(row) = self.store.job(id).await? else {
+            return Ok(false);
+        };
+        if row.owner_id != owner {
+            return Ok(false);
+        }
+        if matches!(row.status(), JobStatus::Queued | JobStatus::Running) {
+            self.interrupt(id).await?;
+        }
+        let deleted = self.store.delete_job(id, owner).await?;
+        if deleted {
+            tracing::info!(job_id = id, "job and picture deleted by their owner");
+        }
+        Ok(deleted)
     }
 
     /// Puts this host's running jobs back in the queue (at a clean stop).

@@ -20,6 +20,7 @@ pub(super) struct Insert {
     pub origin: String,
     pub model: String,
     pub pixels: i64,
+    pub category_id: Option<i64>,
 }
 
 /// A result to store, owned.
@@ -91,6 +92,7 @@ async fn write_inserts(store: Arc<Store>, mut pending: mpsc::Receiver<(Insert, R
                 origin: Some(&job.origin),
                 model: &job.model,
                 pixels: job.pixels,
+                category_id: job.category_id,
             })
             .collect();
         let result = store.insert_jobs(&rows).await.map_err(Arc::new);

@@ -213,7 +213,10 @@ pub async fn run(
         },
     );
     jobs.recover().await?;
-    let accounts = Arc::new(Accounts::new(store.clone()));
+    let accounts = Arc::new(Accounts::with_demo(
+        store.clone(),
+        config.api.enable_demo_user,
+    ));
     let catalog = Arc::new(Catalog::new(store.clone()));
 
     if config.api.secret_key.is_empty() {
@@ -311,9 +314,22 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let auth = Authenticator::new(&superuser, &config.api.secret_key);
-    let (realtime, socket_layer) =
-        api::Realtime::start(jobs.reader(), auth.clone(), accounts.clone());
+    for note in &config.env_notes {
+        tracing::warn!("{note}");
+    }
+    // `Config::validate` refused a value that does not parse.
+    let expiration = api::parse_expiration(&config.api.token_expiration)
+        .unwrap_or(Some(Duration::from_secs(72 * 3600)));
+    if expiration.is_none() {
+        tracing::warn!("tokens issued at login never expire (token_expiration = \"-1\")");
+    }
+    let auth = Authenticator::new(&superuser, &config.api.secret_key, expiration);
+    let (realtime, socket_layer) = api::Realtime::start(
+        jobs.reader(),
+        auth.clone(),
+        accounts.clone(),
+        config.api.greet,
+    );
     let rt_addr = format!("{}:{}", config.api.bind, config.api.rt_port);
     let rt_listener = tokio::net::TcpListener::bind(&rt_addr)
         .await
@@ -355,6 +371,7 @@ pub async fn run(
         offer,
         catalog,
         realtime: realtime.clone(),
+        identity: crate::accounts::discord::DiscordIdentity::from_config(&config),
         backends: backends.names().to_vec(),
         allow_legacy: config.api.allow_legacy_bot_endpoints,
     };

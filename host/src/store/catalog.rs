@@ -6,6 +6,8 @@ use super::{Result, Store};
 /// One model of the catalog.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelEntry {
+    /// The row's id.
+    pub id: i64,
     /// The backend's model name.
     pub name: String,
     /// What people call it.
@@ -43,13 +45,14 @@ impl Store {
 
     /// The model catalog, in the order the models were added.
     pub async fn models(&self) -> Result<Vec<ModelEntry>> {
-        let sql = "SELECT model_name, friendly_name, is_restricted FROM models ORDER BY id";
-        let rows: Vec<(String, Option<String>, i64)> = on_pool!(self, pool => {
+        let sql = "SELECT id, model_name, friendly_name, is_restricted FROM models ORDER BY id";
+        let rows: Vec<(i64, String, Option<String>, i64)> = on_pool!(self, pool => {
             sqlx::query_as(sql).fetch_all(pool).await?
         });
         Ok(rows
             .into_iter()
-            .map(|(name, friendly_name, restricted)| ModelEntry {
+            .map(|(id, name, friendly_name, restricted)| ModelEntry {
+                id,
                 name,
                 friendly_name,
                 restricted: restricted != 0,

@@ -82,6 +82,8 @@ pub struct NewJob<'a> {
     pub model: &'a str,
     /// `width * height`.
     pub pixels: i64,
+    /// The owner's image category.
+    pub category_id: Option<i64>,
 }
 
 /// Which queued jobs a claim may take: what the claiming backend can run.
@@ -164,6 +166,7 @@ macro_rules! bind_job {
             .bind($job.origin)
             .bind($job.model)
             .bind($job.pixels)
+            .bind($job.category_id)
             .bind($now)
             .bind($now)
     };
@@ -182,8 +185,8 @@ impl Store {
         }
         let _turn = self.write_turn().await;
         const INSERT: &str = "INSERT INTO jobs (id, kind, request, status, attempts, owner_id, \
-             origin, model, pixels, event_seq, created_at, updated_at) VALUES ";
-        const ROW: &str = "(?, ?, ?, 'queued', 0, ?, ?, ?, ?, 1, ?, ?)";
+             origin, model, pixels, category_id, event_seq, created_at, updated_at) VALUES ";
+        const ROW: &str = "(?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, 1, ?, ?)";
         let now = now_ms();
         let all = self.sql(&format!("{INSERT}{}", vec![ROW; jobs.len()].join(", ")));
         let inserted = on_pool!(self, pool => {

@@ -132,7 +132,7 @@ mod images;
 mod jobs;
 
 pub use catalog::ModelEntry;
-pub use images::NewImage;
+pub use images::{JobMeta, NewImage};
 pub use jobs::{ClaimFilter, Completion, Fence, JobRow, NewJob};
 
 /// The database, with its migrations applied.
