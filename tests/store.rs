@@ -591,6 +591,114 @@ async fn users_categories_models(engine: Engine) {
     db.cleanup().await;
 }
 
+async fn galleries_and_enrolment(engine: Engine) {
+    let Some(db) = TestDb::create(engine).await else {
+        return;
+    };
+    let store = Store::connect(&db.url).await.unwrap();
+    // Navigator's first-user rule: the first authorisation makes a superuser, later ones
+    // apprentices; a disabled user does not count.
+    store.set_user_role("7", 0).await.unwrap();
+    assert_eq!(store.authorize_user("8", 1, 4).await.unwrap(), 4);
+    assert_eq!(store.authorize_user("9", 1, 4).await.unwrap(), 1);
+    assert_eq!(store.user_role("8").await.unwrap(), Some(4));
+
+    let foxes = store.create_category("Rm94ZXM=", "8").await.unwrap();
+    let owls = store.create_category("T3dscw==", "8").await.unwrap();
+    store.create_category("Qm9i", "9").await.unwrap();
+    assert_eq!(
+        store.categories("8").await.unwrap(),
+        vec![
+            (foxes, "8".to_owned(), "Rm94ZXM=".to_owned()),
+            (owls, "8".to_owned(), "T3dscw==".to_owned()),
+        ]
+    );
+    assert!(store.rename_category(owls, "8", "T3dscw==").await.unwrap());
+    assert!(!store.rename_category(owls, "9", "eA==").await.unwrap());
+
+    // Five jobs of owner 8 (two in Foxes), one of owner 9; one finished with its picture, one
+    // removed from the queue before it ran (not in the gallery).
+    let json = serde_json::to_string(&request("p")).unwrap();
+    for (n, owner, category) in [
+        (0, "8", Some(foxes)),
+        (1, "8", Some(foxes)),
+        (2, "8", None),
+        (3, "9", None),
+        (4, "8", None),
+        (5, "8", None),
+    ] {
+        let id = format!("g{n}");
+        store
+            .insert_job(&NewJob {
+                owner_id: owner,
+                category_id: category,
+                ..new_job(&id, &json, "m", 2048)
+            })
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let claimed = store.claim_job("h", "w").await.unwrap().unwrap();
+    assert_eq!(claimed.id, "g0");
+    let png = b"png".to_vec();
+    store
+        .finish_jobs(&[Completion {
+            id: "g0",
+            fence: Fence::Claim(claimed.event_seq),
+            backend: "w",
+            image: image(&png),
+        }])
+        .await
+        .unwrap();
+    store.interrupt_job("g5").await.unwrap();
+    let (count, page) = store.owner_jobs("8", None, 2, 0).await.unwrap();
+    assert_eq!(count, 4, "g5 was removed before it ran");
+    assert_eq!(page, vec![("g4".to_owned(), None), ("g2".to_owned(), None)]);
+    let (_, page) = store.owner_jobs("8", None, 2, 2).await.unwrap();
+    assert_eq!(
+        page,
+        vec![
+            ("g1".to_owned(), Some(foxes)),
+            ("g0".to_owned(), Some(foxes))
+        ]
+    );
+    assert_eq!(
+        store.owner_jobs("8", Some(foxes), 10, 0).await.unwrap().0,
+        2
+    );
+    assert_eq!(store.owner_jobs("9", None, 10, 0).await.unwrap().0, 1);
+
+    // Filing and deleting only touch the owner's jobs.
+    assert!(store.set_job_category("g2", "8", Some(owls)).await.unwrap());
+    assert!(!store.set_job_category("g3", "8", Some(owls)).await.unwrap());
+    assert!(store.set_job_category("g0", "8", Some(owls)).await.unwrap());
+    let meta = store.job_meta("g0").await.unwrap().unwrap();
+    assert_eq!(
+        (meta.owner_id.as_str(), meta.category_id),
+        ("8", Some(owls))
+    );
+    assert!(store.job_meta("nope").await.unwrap().is_none());
+    // Deleting a category leaves its jobs and pictures without one.
+    assert!(!store.delete_category(owls, "9").await.unwrap());
+    assert!(store.delete_category(owls, "8").await.unwrap());
+    assert_eq!(
+        store.job_meta("g0").await.unwrap().unwrap().category_id,
+        None
+    );
+    assert_eq!(
+        store.job_meta("g2").await.unwrap().unwrap().category_id,
+        None
+    );
+    assert_eq!(store.image_png("g0").await.unwrap(), Some(png.clone()));
+    assert!(!store.delete_job("g0", "9").await.unwrap());
+    assert!(store.delete_job("g0", "8").await.unwrap());
+    assert_eq!(store.image_png("g0").await.unwrap(), None);
+    assert!(store.job("g0").await.unwrap().is_none());
+    assert_eq!(store.owner_jobs("8", None, 10, 0).await.unwrap().0, 3);
+    store.close().await;
+    db.cleanup().await;
+}
+
 per_engine!(
     lifecycle,
     watches_cannot_miss_the_end,
@@ -601,4 +709,5 @@ per_engine!(
     recovery_is_per_host,
     concurrent_claims,
     users_categories_models,
+    galleries_and_enrolment,
 );

@@ -13,6 +13,7 @@
 pub mod discord;
 pub mod forge;
 pub mod npm;
+pub mod oauth;
 pub mod socketio;
 
 use std::io::{BufRead, BufReader};

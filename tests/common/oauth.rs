@@ -145,7 +145,10 @@ async fn handle(
             }
         }
         ("GET", path) if path.starts_with("/api/v10/users/") => {
-            if !authorization.as_deref().is_some_and(|a| a.starts_with("Bot ")) {
+            if !authorization
+                .as_deref()
+                .is_some_and(|a| a.starts_with("Bot "))
+            {
                 return answer(
                     StatusCode::UNAUTHORIZED,
                     json!({"message": "401: Unauthorized", "code": 0}),

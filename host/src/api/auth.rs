@@ -146,6 +146,8 @@ impl Authenticator {
         // Navigator issues tokens without `exp` when expiration is disabled.
         validation.required_spec_claims.clear();
         validation.validate_exp = true;
+        // npm's jsonwebtoken allows no clock skew unless asked to.
+        validation.leeway = 0;
         let claims = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
             token,
             key,
@@ -265,4 +267,29 @@ pub(super) async fn login(
         .ok_or_else(not_configured)?;
     tracing::info!(discord_id = id, role, "logged in through Discord");
     Ok(Json(json!({"token": token, "user": user, "role": role})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_expiration;
+    use std::time::Duration;
+
+    #[test]
+    fn expirations_read_as_vercel_ms() {
+        let h = |n: u64| Some(Duration::from_secs(n * 3600));
+        assert_eq!(parse_expiration("72h"), Ok(h(72)));
+        assert_eq!(parse_expiration("14d"), Ok(h(14 * 24)));
+        assert_eq!(parse_expiration("3hr"), Ok(h(3)));
+        assert_eq!(
+            parse_expiration("1.5 hours"),
+            Ok(Some(Duration::from_secs(5400)))
+        );
+        assert_eq!(parse_expiration("90m"), Ok(Some(Duration::from_secs(5400))));
+        assert_eq!(parse_expiration("2w"), Ok(h(14 * 24)));
+        assert_eq!(parse_expiration("60000"), Ok(Some(Duration::from_secs(60))));
+        assert_eq!(parse_expiration(" -1 "), Ok(None));
+        for bad in ["", "-2h", "forever", "10 parsecs", "500", "h"] {
+            assert!(parse_expiration(bad).is_err(), "{bad:?}");
+        }
+    }
 }

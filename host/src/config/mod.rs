@@ -1318,6 +1318,87 @@ mod tests {
         assert!(err.contains("IMAGE_PIXEL_LIMIT"), "{err}");
     }
 
+    /// The environment as a list of pairs.
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    #[test]
+    fn navigator_environment_is_honoured_or_refused() {
+        let mut config = Config::default();
+        config
+            .apply_env(env(&[
+                ("DB_HOST", "db:3307"),
+                ("DB_PASSWORD", "p@ss:word"),
+                ("ENABLE_DEMO_USER", "FALSE"),
+                ("TOKEN_EXPIRATION_TIME", "14d"),
+                ("ENABLE_LORA_SUPPORT", "true"),
+                ("DISCORD_CLIENT_ID", "42"),
+                ("CIVITAI_API_KEY", "k"),
+                ("MODEL_DIR", "/models"),
+                ("I_DO_NOT_LIKE_FUN", "true"),
+                ("SUPPORTS_FLUX", "false"),
+            ]))
+            .unwrap();
+        assert_eq!(
+            config.database.url,
+            "mysql://bitjourney:p%40ss%3Aword@db:3307/bitjourney"
+        );
+        assert!(
+            !config.api.enable_demo_user,
+            "\"FALSE\" is off (Navigator took it as on)"
+        );
+        assert_eq!(config.api.token_expiration, "14d");
+        assert!(config.civitai.lora_requests);
+        assert_eq!(config.oauth.client_id, "42");
+        assert_eq!(config.civitai.api_key, "k");
+        assert_eq!(config.civitai.model_dir, "/models");
+        assert!(!config.api.greet);
+        assert_eq!(config.env_notes.len(), 1, "{:?}", config.env_notes);
+        assert!(config.env_notes[0].starts_with("SUPPORTS_FLUX"));
+        // DATABASE_URL wins over DB_*.
+        let mut config = Config::default();
+        config
+            .apply_env(env(&[("DATABASE_URL", "sqlite://x.db"), ("DB_HOST", "db")]))
+            .unwrap();
+        assert_eq!(config.database.url, "sqlite://x.db");
+        // Refusals say which variable and what would do.
+        for (pairs, needle) in [
+            (
+                &[("ENABLE_DEMO_USER", "yes please")][..],
+                "ENABLE_DEMO_USER",
+            ),
+            (
+                &[("TOKEN_EXPIRATION_TIME", "forever")][..],
+                "TOKEN_EXPIRATION_TIME",
+            ),
+            (
+                &[("BOT_TOKEN", "a"), ("DISCORD_BOT_TOKEN", "b")][..],
+                "BOT_TOKEN",
+            ),
+        ] {
+            let err = Config::default()
+                .apply_env(env(pairs))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+        // Navigator's BOT_TOKEN alone is the bot token.
+        let mut config = Config::default();
+        config.apply_env(env(&[("BOT_TOKEN", "tok")])).unwrap();
+        assert_eq!(config.auth.discord_token, "tok");
+        assert!(config.env_notes[0].contains("DISCORD_BOT_TOKEN"));
+    }
+
     #[test]
     fn choices_are_typed() {
         let err = parse("[discord]\nthreads = \"sometimes\"\n")
