@@ -11,6 +11,7 @@
 //! | [`intake`] | the one way a request becomes a job (access, policy, limits, enqueue) |
 //! | [`accounts`] | users' roles and categories |
 //! | [`catalog`] | the model catalog |
+//! | [`civitai`] | CivitAI: LoRA metadata, model downloads, the API proxy |
 //! | [`sim`] | the simulated backend (draws a real PNG without a GPU) |
 //! | [`plugins`] | the wasmtime runtime for the policy plugins of `wit/` |
 //! | [`workers`] | the ZeroMQ worker pool and the `easel worker` client |
@@ -27,6 +28,7 @@ pub mod accounts;
 pub mod api;
 pub mod bench;
 pub mod catalog;
+pub mod civitai;
 pub mod config;
 pub mod discord;
 pub mod forge;

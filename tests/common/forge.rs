@@ -60,6 +60,10 @@ pub struct ForgeOptions {
     pub basic_auth: Option<(String, String)>,
     /// Replaces the upscaler names (the default list starts with "None").
     pub upscalers: Option<Vec<String>>,
+    /// What `/sdapi/v1/loras` lists (`{name, alias, path, metadata}`).
+    pub loras: Vec<Value>,
+    /// The names `/sdapi/v1/embeddings` lists as loaded.
+    pub embeddings: Vec<String>,
 }
 
 impl Default for ForgeOptions {
@@ -70,6 +74,8 @@ impl Default for ForgeOptions {
             steps_ms: 0,
             basic_auth: None,
             upscalers: None,
+            loras: Vec::new(),
+            embeddings: Vec::new(),
         }
     }
 }
@@ -451,8 +457,20 @@ async fn handle(
             let name = m.rsplit('/').next().unwrap_or(m);
             json!({"model_name": name, "filename": format!("/forge/models/{m}")})
         })),
-        ("GET", "/sdapi/v1/loras") => json!([]),
-        ("GET", "/sdapi/v1/embeddings") => json!({"loaded": {}, "skipped": {}}),
+        ("GET", "/sdapi/v1/loras") => Value::from(sh.opts.loras.clone()),
+        ("GET", "/sdapi/v1/embeddings") => {
+            let loaded: Map<String, Value> = sh
+                .opts
+                .embeddings
+                .iter()
+                .map(|name| {
+                    let about = json!({"step": null, "sd_checkpoint": null,
+                    "sd_checkpoint_name": null, "shape": 768, "vectors": 1});
+                    (name.clone(), about)
+                })
+                .collect();
+            json!({"loaded": loaded, "skipped": {}})
+        }
         ("POST", "/sdapi/v1/refresh-checkpoints" | "/sdapi/v1/refresh-loras") => Value::Null,
         ("POST", "/sdapi/v1/refresh-embeddings") => Value::Null,
         ("POST", "/sdapi/v1/txt2img") => return generate(&sh, "txt2img", body).await,

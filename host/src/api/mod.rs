@@ -7,6 +7,7 @@
 
 mod admin;
 mod auth;
+mod civitai;
 mod images;
 mod lists;
 mod queue;
@@ -60,6 +61,8 @@ pub struct AppState {
     pub backends: Vec<String>,
     /// Serve the unauthenticated legacy bot routes.
     pub allow_legacy: bool,
+    /// CivitAI: LoRA metadata, model downloads, the API proxy.
+    pub civitai: crate::civitai::Services,
 }
 
 /// Express' `json({limit: "50mb"})`.
@@ -126,12 +129,14 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/disable-user/{discord_id}", get(admin::disable_user))
         .route("/admin/users/{discord_id}/role", put(admin::set_role))
         .route("/admin/plugins", get(admin::plugins))
-        .route("/admin/backends", get(admin::backends));
+        .route("/admin/backends", get(admin::backends))
+        .merge(civitai::model_routes());
     // CORS on everything but `GET /` (as Navigator), unknown routes and preflights included,
     // so a browser client sees easel's JSON errors.
     let with_cors = Router::new()
         .route("/embed/{job_id}", get(images::embed))
         .nest("/api", api)
+        .nest("/3papi", civitai::third_party_routes())
         .fallback(not_found)
         .layer(cors);
     Router::new()

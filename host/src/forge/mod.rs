@@ -5,7 +5,7 @@
 //!
 //! With several machines the lists are their union (the first machine listing a name wins).
 //! With none, the simulated backend's built-in catalog answers, so the embedded default is a
-//! complete system. Consumes no job events; the backend emits through its leases.
+//! complete system; LoRAs and embeddings, which it does not have, are empty then. Consumes no job events; the backend emits through its leases.
 
 pub mod backend;
 pub mod body;
@@ -88,6 +88,10 @@ struct OfferInner {
     cache: [Cached; 5],
     /// The names queue-time resolution needs, read from the lists above.
     names: RwLock<Option<(Instant, Arc<Lists>)>>,
+    /// `/loras`, the union by `name`.
+    loras: Cached,
+    /// The names in `/embeddings`' `loaded`.
+    embeddings: RwLock<Option<(Instant, Arc<Vec<String>>)>>,
 }
 
 impl Offer {
@@ -98,6 +102,8 @@ impl Offer {
                 machines,
                 cache: Default::default(),
                 names: RwLock::new(None),
+                loras: RwLock::new(None),
+                embeddings: RwLock::new(None),
             }),
         }
     }
@@ -127,28 +133,37 @@ impl Offer {
         {
             return Ok(list.clone());
         }
+        let union = self.union(kind.path(), kind.key()).await?;
+        let list = Arc::new(union);
+        *slot.write().await = Some((Instant::now(), list.clone()));
+        Ok(list)
+    }
+
+    /// `GET <path>` on every machine: the union of their lists by `key` (an error only if
+    /// none answers with a list).
+    async fn union(&self, path: &str, key: &str) -> Result<Vec<Value>, ForgeError> {
         let mut union: Vec<Value> = Vec::new();
         let mut last_error = None;
         let mut answered = false;
         for machine in &self.inner.machines {
-            match machine.client.get(kind.path()).await {
+            match machine.client.get(path).await {
                 Ok(Value::Array(items)) => {
                     answered = true;
                     for item in items {
-                        let name = item.get(kind.key()).cloned();
-                        if !union.iter().any(|u| u.get(kind.key()) == name.as_ref()) {
+                        let name = item.get(key).cloned();
+                        if !union.iter().any(|u| u.get(key) == name.as_ref()) {
                             union.push(item);
                         }
                     }
                 }
                 Ok(other) => {
                     last_error = Some(ForgeError::BadAnswer {
-                        url: format!("{}/{}", machine.client.api_url(), kind.path()),
+                        url: format!("{}/{path}", machine.client.api_url()),
                         reason: format!("expected a list, got {}", short(&other)),
                     });
                 }
                 Err(err) => {
-                    tracing::warn!(forge = %machine.name, error = %err, list = kind.path(), "cannot read a Forge list");
+                    tracing::warn!(forge = %machine.name, error = %err, list = path, "cannot read a Forge list");
                     last_error = Some(err);
                 }
             }
@@ -159,9 +174,97 @@ impl Offer {
                 reason: "no Forge machine".into(),
             }));
         }
-        let list = Arc::new(union);
-        *slot.write().await = Some((Instant::now(), list.clone()));
+        Ok(union)
+    }
+
+    /// The LoRAs (`/loras`, `{name, alias, path, metadata}`): the union over the machines by
+    /// `name`; empty without a Forge machine.
+    pub async fn loras(&self) -> Result<Arc<Vec<Value>>, ForgeError> {
+        if !self.has_forge() {
+            return Ok(Arc::default());
+        }
+        if let Some((at, list)) = self.inner.loras.read().await.as_ref()
+            && at.elapsed() < LIST_CACHE
+        {
+            return Ok(list.clone());
+        }
+        let list = Arc::new(self.union("loras", "name").await?);
+        *self.inner.loras.write().await = Some((Instant::now(), list.clone()));
         Ok(list)
+    }
+
+    /// The names of the loaded embeddings (the keys of `/embeddings`' `loaded`), over every
+    /// machine, first seen first; empty without a Forge machine.
+    pub async fn embeddings(&self) -> Result<Arc<Vec<String>>, ForgeError> {
+        if !self.has_forge() {
+            return Ok(Arc::default());
+        }
+        if let Some((at, names)) = self.inner.embeddings.read().await.as_ref()
+            && at.elapsed() < LIST_CACHE
+        {
+            return Ok(names.clone());
+        }
+        let mut names: Vec<String> = Vec::new();
+        let mut last_error = None;
+        let mut answered = false;
+        for machine in &self.inner.machines {
+            match machine.client.get("embeddings").await {
+                Ok(answer) => match answer.get("loaded").and_then(Value::as_object) {
+                    Some(loaded) => {
+                        answered = true;
+                        for name in loaded.keys() {
+                            if !names.contains(name) {
+                                names.push(name.clone());
+                            }
+                        }
+                    }
+                    None => {
+                        last_error = Some(ForgeError::BadAnswer {
+                            url: format!("{}/embeddings", machine.client.api_url()),
+                            reason: format!(
+                                "expected {{\"loaded\": {{…}}}}, got {}",
+                                short(&answer)
+                            ),
+                        });
+                    }
+                },
+                Err(err) => {
+                    tracing::warn!(forge = %machine.name, error = %err, "cannot read a Forge's embeddings");
+                    last_error = Some(err);
+                }
+            }
+        }
+        if !answered {
+            return Err(last_error.unwrap_or_else(|| ForgeError::BadAnswer {
+                url: String::new(),
+                reason: "no Forge machine".into(),
+            }));
+        }
+        let names = Arc::new(names);
+        *self.inner.embeddings.write().await = Some((Instant::now(), names.clone()));
+        Ok(names)
+    }
+
+    /// After new model files arrived: `POST /refresh-embeddings`, `/refresh-checkpoints` and
+    /// `/refresh-loras` on every machine (all are asked even if some fail; the last error is
+    /// returned); every list is read afresh next.
+    pub async fn refresh_all(&self) -> Result<(), ForgeError> {
+        let mut result = Ok(());
+        for machine in &self.inner.machines {
+            for path in ["refresh-embeddings", "refresh-checkpoints", "refresh-loras"] {
+                if let Err(err) = machine.client.post(path, &Value::Null).await {
+                    tracing::warn!(forge = %machine.name, error = %err, path, "Forge refresh failed");
+                    result = Err(err);
+                }
+            }
+        }
+        for slot in &self.inner.cache {
+            *slot.write().await = None;
+        }
+        *self.inner.names.write().await = None;
+        *self.inner.loras.write().await = None;
+        *self.inner.embeddings.write().await = None;
+        result
     }
 
     /// `POST /refresh-checkpoints` on every machine; the model list is read afresh next.

@@ -362,6 +362,12 @@ pub async fn run(
         source,
     })?;
     tracing::info!(address = %local, host = %host, "HTTP API listening");
+    let civitai = crate::civitai::Services::start(
+        &config.civitai,
+        store.clone(),
+        offer.clone(),
+        realtime.clone(),
+    );
     let state = AppState {
         intake,
         jobs: jobs.reader(),
@@ -374,8 +380,10 @@ pub async fn run(
         identity: crate::accounts::discord::DiscordIdentity::from_config(&config),
         backends: backends.names().to_vec(),
         allow_legacy: config.api.allow_legacy_bot_endpoints,
+        civitai: civitai.clone(),
     };
     let served = api::serve(listener, state, stopped(stop_rx)).await;
+    civitai.shutdown().await;
     realtime.close().await;
     if tokio::time::timeout(Duration::from_secs(2), rt_server)
         .await

@@ -130,10 +130,12 @@ mod accounts;
 mod catalog;
 mod images;
 mod jobs;
+mod metadata;
 
 pub use catalog::ModelEntry;
 pub use images::{JobMeta, NewImage};
 pub use jobs::{ClaimFilter, Completion, Fence, JobRow, NewJob};
+pub use metadata::{MetadataRow, NewMetadata};
 
 /// The database, with its migrations applied.
 pub struct Store {
