@@ -1,7 +1,7 @@
 //! The `users` and `categories` tables: roles and image categories (written by the accounts
 //! service).
 
-use super::{Result, Store, now_ms};
+use super::{DatabaseKind, Result, Store, now_ms};
 
 impl Store {
     /// The stored role of a user, if the user has a row.
@@ -13,32 +13,28 @@ impl Store {
         Ok(role)
     }
 
+    /// One statement that creates a user's row or sets its role: binds `id, role, now, now`.
+    fn upsert_role_sql(&self) -> sqlx::AssertSqlSafe<String> {
+        const INSERT: &str =
+            "INSERT INTO users (id, role, created_at, updated_at) VALUES (?, ?, ?, ?)";
+        let conflict = match self.kind {
+            DatabaseKind::MySql => {
+                " ON DUPLICATE KEY UPDATE role = VALUES(role), updated_at = VALUES(updated_at)"
+            }
+            DatabaseKind::Sqlite | DatabaseKind::Postgres => {
+                " ON CONFLICT (id) DO UPDATE SET role = excluded.role, updated_at = excluded.updated_at"
+            }
+        };
+        self.sql(&format!("{INSERT}{conflict}"))
+    }
+
     /// Creates or updates a user's role.
     pub async fn set_user_role(&self, id: &str, role: i64) -> Result<()> {
         let _turn = self.write_turn().await;
         let now = now_ms();
-        let update = self.sql("UPDATE users SET role = ?, updated_at = ? WHERE id = ?");
-        let insert =
-            self.sql("INSERT INTO users (id, role, created_at, updated_at) VALUES (?, ?, ?, ?)");
+        let upsert = self.upsert_role_sql();
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let changed = sqlx::query(update)
-                .bind(role)
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if changed == 0 {
-                sqlx::query(insert)
-                    .bind(id)
-                    .bind(role)
-                    .bind(now)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
+            sqlx::query(upsert).bind(id).bind(role).bind(now).bind(now).execute(pool).await?;
         });
         Ok(())
     }
@@ -77,29 +73,12 @@ impl Store {
         let _turn = self.write_turn().await;
         let now = now_ms();
         let active = self.sql("SELECT COUNT(*) FROM users WHERE role > 0");
-        let update = self.sql("UPDATE users SET role = ?, updated_at = ? WHERE id = ?");
-        let insert =
-            self.sql("INSERT INTO users (id, role, created_at, updated_at) VALUES (?, ?, ?, ?)");
+        let upsert = self.upsert_role_sql();
         let role = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let active: i64 = sqlx::query_scalar(active).fetch_one(&mut *tx).await?;
             let role = if active == 0 { first } else { role };
-            let changed = sqlx::query(update)
-                .bind(role)
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if changed == 0 {
-                sqlx::query(insert)
-                    .bind(id)
-                    .bind(role)
-                    .bind(now)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            sqlx::query(upsert).bind(id).bind(role).bind(now).bind(now).execute(&mut *tx).await?;
             tx.commit().await?;
             role
         });
