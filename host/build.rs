@@ -7,6 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proto");
     let proto = proto_dir.join("discord_api.proto");
     println!("cargo:rerun-if-changed={}", proto.display());
+    // `sqlx::migrate!` embeds these at compile time; a new migration must rebuild the crate.
+    println!("cargo:rerun-if-changed=migrations");
     let fds = protox::compile([&proto], [&proto_dir])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(

@@ -5,7 +5,9 @@
 //! Only the services write: the job service (jobs, images), the accounts service (users,
 //! categories) and the catalog (models). Front ends read through their read handles.
 //!
-//! Each engine has its own migrations (`host/migrations/<engine>/`), run at connect. Queries are
+//! Each engine has its own migrations (`host/migrations/<engine>/`), run at connect; on
+//! MariaDB/MySQL a database BitForged Navigator created is adopted around them
+//! ([`adopt`](self::adopt): its tables kept as `navigator_*`, its rows copied). Queries are
 //! written once with `?` placeholders and rewritten to `$n` for PostgreSQL; the few statements
 //! that differ between engines (claiming a job) are written per engine. Claiming is safe with
 //! several hosts on one PostgreSQL or MariaDB database (`FOR UPDATE SKIP LOCKED`); SQLite has a
@@ -64,6 +66,10 @@ pub enum StoreError {
     /// The URL names no supported engine.
     #[error("unsupported database url: expected {0}")]
     Url(&'static str),
+    /// A BitForged Navigator database could not be adopted; the message says why and what to
+    /// do. Nothing of Navigator's was changed beyond the rename (see `store::adopt`).
+    #[error("cannot adopt the BitForged Navigator database: {0}")]
+    Adopt(String),
 }
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -127,6 +133,7 @@ macro_rules! on_pool {
 
 // After the macro, so the table modules can use it.
 mod accounts;
+mod adopt;
 mod catalog;
 mod images;
 mod jobs;
@@ -193,7 +200,8 @@ pub fn now_ms() -> i64 {
 }
 
 impl Store {
-    /// Connects to `url` (creating an SQLite file if needed) and runs the migrations.
+    /// Connects to `url` (creating an SQLite file if needed) and runs the migrations (on
+    /// MariaDB/MySQL adopting a BitForged Navigator database first, see `store::adopt`).
     pub async fn connect(url: &str) -> Result<Self> {
         let kind = DatabaseKind::from_url(url).map_err(StoreError::Url)?;
         let acquire = Duration::from_secs(10);
@@ -223,7 +231,10 @@ impl Store {
                     .acquire_timeout(acquire)
                     .connect_with(options)
                     .await?;
+                // Under one lock with the other hosts: adopt a Navigator database, migrate.
+                let schema = adopt::begin(&pool).await?;
                 sqlx::migrate!("migrations/mysql").run(&pool).await?;
+                schema.finish().await?;
                 Pool::MySql(pool)
             }
             DatabaseKind::Postgres => {
