@@ -147,7 +147,9 @@ pub fn router(state: AppState) -> Router {
 
 /// The OpenAPI 3.1 document of [`router`]'s routes, as `GET /api/openapi.json` serves it.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    app().into_openapi()
+    let mut doc = app().into_openapi();
+    openapi::catch_alls_as_parameters(&mut doc);
+    doc
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves.

@@ -107,6 +107,16 @@ pub(super) async fn document() -> Response {
         .into_response()
 }
 
+/// Axum's catch-all segment `{*rest}` written as OpenAPI's `{rest}` (the closest OpenAPI has:
+/// it names the parameter, though a client must encode the slashes in it).
+pub(super) fn catch_alls_as_parameters(doc: &mut utoipa::openapi::OpenApi) {
+    let paths = std::mem::take(&mut doc.paths.paths);
+    doc.paths.paths = paths
+        .into_iter()
+        .map(|(path, item)| (path.replace("{*", "{"), item))
+        .collect();
+}
+
 // ---- errors -------------------------------------------------------------------------------
 
 /// `401`: no credentials, or refused ones (`error` then says why, in npm jsonwebtoken's
@@ -755,4 +765,35 @@ pub(super) struct Backends {
     /// `model_swaps`, `faults`, `last_error`.
     #[schema(value_type = Vec<Object>)]
     forge: serde_json::Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathsBuilder};
+    use utoipa::openapi::{OpenApiBuilder, PathItem};
+
+    #[test]
+    fn catch_alls_become_parameters() {
+        let item = PathItem::new(HttpMethod::Get, OperationBuilder::new().build());
+        let mut doc = OpenApiBuilder::new()
+            .paths(
+                PathsBuilder::new()
+                    .path("/3papi/civitai/api-proxy/{*rest}", item.clone())
+                    .path("/api/images/{job_id}", item),
+            )
+            .build();
+        super::catch_alls_as_parameters(&mut doc);
+        let paths: Vec<&String> = doc.paths.paths.keys().collect();
+        assert_eq!(
+            paths,
+            ["/3papi/civitai/api-proxy/{rest}", "/api/images/{job_id}"]
+        );
+    }
+
+    #[test]
+    fn the_document_serialises() {
+        let doc: serde_json::Value = serde_json::from_str(&super::DOCUMENT).unwrap();
+        assert_eq!(doc["info"]["title"], "easel");
+        assert!(doc["paths"]["/api/openapi.json"]["get"].is_object());
+    }
 }
