@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, User};
+use super::{ApiError, AppState, User, openapi};
 use crate::accounts::role::{APEX, APPRENTICE, ARCHITECT, ARTIFICER};
 
 /// The superuser token or a role ≥ 3, else `403 {"error": "You do not have permission to
@@ -54,6 +54,30 @@ async fn validated(state: &AppState, id: &str) -> Result<Option<Value>, ApiError
 }
 
 /// `GET /api/admin/authorize-user/:discordId`: role 1 (4 for the very first user).
+#[utoipa::path(
+    get,
+    path = "/api/admin/authorize-user/{discord_id}",
+    tag = "admin",
+    summary = "Authorize a user",
+    description = "Gives the user role 1 (apprentice; 4 when no user is enabled yet). With a bot \
+        token configured, the id is checked with Discord first and Discord's user object comes back.",
+    security(("bearer" = []), ("superuser" = [])),
+    params(("discord_id" = String, Path, description = "The user's Discord id (digits)")),
+    responses(
+        (status = 200, description = "Authorized", body = openapi::Authorized,
+            example = json!({"message": "User authorized!", "discord_id": "123456789012345678"})),
+        (status = 400, description = "Not a Discord id, the caller's own, or unknown to Discord", body = openapi::ErrorBody,
+            examples(
+                ("Not a number" = (value = json!({"error": "Discord ID must be a number"}))),
+                ("Yourself" = (value = json!({"error": "You cannot authorize yourself!"}))),
+                ("Unknown to Discord" = (value = json!({"error": "Failed to validate Discord ID!"}))),
+            )),
+        (status = 401, description = "No or refused credentials", body = openapi::Unauthorized),
+        (status = 403, description = "The user is disabled, or has a role below 3", body = openapi::Forbidden,
+            example = json!({"error": "You do not have permission to authorize users!"})),
+        (status = 500, description = "The store failed", body = openapi::ErrorBody),
+    )
+)]
 pub(super) async fn authorize_user(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -76,6 +100,29 @@ pub(super) async fn authorize_user(
 }
 
 /// `GET /api/admin/disable-user/:discordId`: role 0; the user's images stay.
+#[utoipa::path(
+    get,
+    path = "/api/admin/disable-user/{discord_id}",
+    tag = "admin",
+    summary = "Disable a user",
+    description = "Sets the user's role to 0: their tokens then get `403 USER_DISABLED`. Their \
+        images stay.",
+    security(("bearer" = []), ("superuser" = [])),
+    params(("discord_id" = String, Path, description = "The user's Discord id (digits)")),
+    responses(
+        (status = 200, description = "Disabled", body = openapi::Disabled),
+        (status = 400, description = "Not a Discord id, the caller's own, or unknown to Discord", body = openapi::ErrorBody,
+            examples(
+                ("Not a number" = (value = json!({"error": "Discord ID must be a number"}))),
+                ("Yourself" = (value = json!({"error": "You cannot disable yourself!"}))),
+                ("Unknown to Discord" = (value = json!({"error": "Failed to validate Discord ID!"}))),
+            )),
+        (status = 401, description = "No or refused credentials", body = openapi::Unauthorized),
+        (status = 403, description = "The user is disabled, or has a role below 3", body = openapi::Forbidden,
+            example = json!({"error": "You do not have permission to disable users!"})),
+        (status = 500, description = "The store failed", body = openapi::ErrorBody),
+    )
+)]
 pub(super) async fn disable_user(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -95,6 +142,34 @@ pub(super) async fn disable_user(
 
 /// `PUT /api/admin/users/:discordId/role {"role": 1|2|3}`: what Navigator's README asks for.
 /// An architect (3) may give roles 1 and 2; only the superuser may make architects.
+#[utoipa::path(
+    put,
+    path = "/api/admin/users/{discord_id}/role",
+    tag = "admin",
+    summary = "Set a user's role",
+    description = "Sets role 1 (apprentice), 2 (artificer) or 3 (architect). An architect may \
+        give roles 1 and 2; only the superuser makes architects. Navigator has no such route.",
+    security(("bearer" = []), ("superuser" = [])),
+    params(("discord_id" = String, Path, description = "The user's Discord id (digits)")),
+    request_body(content = openapi::RoleRequest, description = "The role"),
+    responses(
+        (status = 200, description = "Set", body = openapi::RoleSet),
+        (status = 400, description = "Not a Discord id, the caller's own, unknown to Discord, or not a role 1 to 3", body = openapi::ErrorBody,
+            examples(
+                ("Not a number" = (value = json!({"error": "Discord ID must be a number"}))),
+                ("Yourself" = (value = json!({"error": "You cannot change your own role!"}))),
+                ("Unknown to Discord" = (value = json!({"error": "Failed to validate Discord ID!"}))),
+                ("Bad role" = (value = json!({"error": "role must be 1 (apprentice), 2 (artificer) or 3 (architect); disable-user sets 0"}))),
+            )),
+        (status = 401, description = "No or refused credentials", body = openapi::Unauthorized),
+        (status = 403, description = "The user is disabled, has a role below 3, or (an architect) asks for role 3", body = openapi::Forbidden,
+            examples(
+                ("Not an administrator" = (value = json!({"error": "You do not have permission to set roles!"}))),
+                ("Not the superuser" = (value = json!({"error": "You do not have permission to make administrators!"}))),
+            )),
+        (status = 500, description = "The store failed", body = openapi::ErrorBody),
+    )
+)]
 pub(super) async fn set_role(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -131,6 +206,23 @@ pub(super) async fn set_role(
     ))
 }
 
+/// `GET /api/admin/plugins`: the policy plugins, as `easel plugin list` shows them.
+#[utoipa::path(
+    get,
+    path = "/api/admin/plugins",
+    tag = "admin",
+    summary = "The policy plugins",
+    description = "What `easel plugin list` shows: the plugins with their reload counts, which \
+        plugin serves each role, and the admission of plugin calls.",
+    security(("bearer" = []), ("superuser" = [])),
+    responses(
+        (status = 200, description = "The plugins", body = openapi::Plugins),
+        (status = 401, description = "No or refused credentials", body = openapi::Unauthorized),
+        (status = 403, description = "The user is disabled, or has a role below 3", body = openapi::Forbidden,
+            example = json!({"error": "You do not have permission to view plugins!"})),
+        (status = 500, description = "The store failed", body = openapi::ErrorBody),
+    )
+)]
 pub(super) async fn plugins(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -159,6 +251,22 @@ pub(super) async fn plugins(
 
 /// `GET /api/admin/backends`: every backend's state (Forge machines: up, loaded model,
 /// current job, counters), superuser token or role ≥ 3.
+#[utoipa::path(
+    get,
+    path = "/api/admin/backends",
+    tag = "admin",
+    summary = "The backends",
+    description = "Every backend running, and each Forge machine's state: up, loaded model, \
+        current job, counters.",
+    security(("bearer" = []), ("superuser" = [])),
+    responses(
+        (status = 200, description = "The backends", body = openapi::Backends),
+        (status = 401, description = "No or refused credentials", body = openapi::Unauthorized),
+        (status = 403, description = "The user is disabled, or has a role below 3", body = openapi::Forbidden,
+            example = json!({"error": "You do not have permission to view backends!"})),
+        (status = 500, description = "The store failed", body = openapi::ErrorBody),
+    )
+)]
 pub(super) async fn backends(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, openapi};
 use crate::accounts::{Accounts, DEMO_USER, role};
 
 /// Who is calling.
@@ -201,6 +201,31 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// `POST /api/auth/login {"code"}`: Discord's authorization code (or `DEMO_USER`) for a token.
+#[utoipa::path(
+    post,
+    path = "/api/auth/login",
+    tag = "auth",
+    summary = "Log in",
+    description = "Trades Discord's OAuth2 authorization code (the server side of the \
+        authorization-code flow, `identify` scope) for a JWT, if the user has a role of at least 1; \
+        `DEMO_USER` logs in as the demo user (role 2, 3 hours) when it is enabled.",
+    request_body(content = openapi::LoginRequest, description = "The code"),
+    responses(
+        (status = 200, description = "A token for the user", body = openapi::LoginAnswer),
+        (status = 400, description = "No code", body = openapi::MessageBody,
+            example = json!({"message": "Code is required"})),
+        (status = 401, description = "Discord refused the code", body = openapi::ErrorBody,
+            example = json!({"error": "Authentication through Discord failed"})),
+        (status = 403, description = "The demo user is off, or the user has no access yet", body = openapi::LoginRefused,
+            examples(
+                ("Demo disabled" = (value = json!({"error": "Demo user is not enabled", "error_code": "DEMO_USER_DISABLED"}))),
+                ("No access" = (value = json!({"error": "This user does not have API access yet. Please contact an Administrator to get access."}))),
+            )),
+        (status = 500, description = "The store failed", body = openapi::ErrorBody),
+        (status = 503, description = "No `secret_key`: the server cannot sign tokens", body = openapi::ErrorBody,
+            example = json!({"error": "Login is not configured on this server (no [api] secret_key)"})),
+    )
+)]
 pub(super) async fn login(
     State(state): State<AppState>,
     body: Option<Json<Value>>,

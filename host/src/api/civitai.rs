@@ -8,35 +8,16 @@
 
 use std::collections::HashMap;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, extract::RawQuery};
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, openapi};
 use crate::accounts::role::{ARCHITECT, ARTIFICER};
 use crate::civitai::{CivitAiError, LocalOverride, Refusal};
-
-/// The routes under `/api`.
-pub(super) fn model_routes() -> Router<AppState> {
-    Router::new()
-        .route("/models/loras", get(loras))
-        .route("/models/loras/override/{hash}", post(set_override))
-        .route("/models/embeddings", get(embeddings))
-}
-
-/// The routes under `/3papi`.
-pub(super) fn third_party_routes() -> Router<AppState> {
-    Router::new()
-        .route("/test_civitai", get(test_civitai))
-        .route("/civitai/downloads_enabled", get(downloads_enabled))
-        .route("/civitai/download/{model_version_id}", get(download))
-        .route("/civitai/api-proxy/{*rest}", get(api_proxy))
-}
 
 /// express-query-boolean's reading: `false` and an empty value are false, any other value
 /// true; absent is false.
@@ -47,7 +28,26 @@ fn flag(query: &HashMap<String, String>, name: &str) -> bool {
 }
 
 /// `GET /api/models/loras?force_update_metadata&forge_only`.
-async fn loras(
+#[utoipa::path(
+    get,
+    path = "/api/models/loras",
+    tag = "models",
+    summary = "LoRAs with their metadata",
+    description = "The Forge's LoRAs (with `[civitai] lora_requests`; else `[]`), each with its \
+        CivitAI metadata (cached 7 days) or local override; LoRAs without metadata are left out. \
+        `forge_only=true`: Forge's list as it is (training statistics removed).",
+    security(("bearer" = []), ("superuser" = [])),
+    params(
+        ("force_update_metadata" = Option<bool>, Query, description = "`true`: refetch CivitAI's metadata (role 2 or more)"),
+        ("forge_only" = Option<bool>, Query, description = "`true`: the Forge's list only"),
+    ),
+    responses(
+        (status = 200, description = "The LoRAs (with `forge_only`: Forge's objects)", body = Vec<openapi::NavigatorLora>),
+        (status = 401, description = "No or refused credentials", body = openapi::Unauthorized),
+        (status = 403, description = "The user is disabled, or a forced refresh below role 2", body = openapi::Forbidden),
+    )
+)]
+pub(super) async fn loras(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
@@ -69,7 +69,26 @@ async fn loras(
 }
 
 /// `POST /api/models/loras/override/:hash` (role ≥ 3).
-async fn set_override(
+#[utoipa::path(
+    post,
+    path = "/api/models/loras/override/{hash}",
+    tag = "models",
+    summary = "Set a LoRA's local metadata",
+    description = "Local metadata for the LoRA of this hash, used instead of CivitAI's (role 3 or more).",
+    security(("bearer" = []), ("superuser" = [])),
+    params(("hash" = String, Path, description = "The LoRA's short hash (AutoV3), file SHA-256 or alias")),
+    request_body = openapi::LocalOverride,
+    responses(
+        (status = 200, description = "Set", body = openapi::MessageBody,
+            example = json!({"message": "Successfully set local override for lora Fox style (0123456789ab)"})),
+        (status = 400, description = "The body is not an override", body = openapi::ErrorBody,
+            example = json!({"error": "Invalid override format!"})),
+        (status = 401, description = "No or refused credentials", body = openapi::Unauthorized),
+        (status = 403, description = "The user is disabled, or below role 3", body = openapi::Forbidden),
+        (status = 500, description = "The store failed", body = openapi::ErrorBody),
+    )
+)]
+pub(super) async fn set_override(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(hash): Path<String>,
@@ -96,7 +115,18 @@ async fn set_override(
 
 /// `GET /api/models/embeddings` (no authentication, as in Navigator): the loaded embeddings'
 /// names.
-async fn embeddings(State(state): State<AppState>) -> Response {
+#[utoipa::path(
+    get,
+    path = "/api/models/embeddings",
+    tag = "models",
+    summary = "Embeddings",
+    description = "The names of the embeddings the Forge machines have loaded (none without a Forge).",
+    responses(
+        (status = 200, description = "The names", body = Vec<String>, example = json!(["easynegative"])),
+        (status = 500, description = "Forge failed", body = openapi::ErrorBody),
+    )
+)]
+pub(super) async fn embeddings(State(state): State<AppState>) -> Response {
     match state.offer.embeddings().await {
         Ok(names) => Json(&*names).into_response(),
         Err(err) => (
@@ -108,12 +138,33 @@ async fn embeddings(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /3papi/test_civitai`.
-async fn test_civitai(State(state): State<AppState>) -> Json<Value> {
+#[utoipa::path(
+    get,
+    path = "/3papi/test_civitai",
+    tag = "civitai",
+    summary = "Does the CivitAI key work",
+    description = "Whether CivitAI accepts the configured key (no key: false).",
+    responses((status = 200, description = "The answer", body = openapi::CivitAiKey))
+)]
+pub(super) async fn test_civitai(State(state): State<AppState>) -> Json<Value> {
     Json(json!({"isAuthenticated": state.civitai.client.authenticated().await}))
 }
 
 /// `GET /3papi/civitai/downloads_enabled`.
-async fn downloads_enabled(
+#[utoipa::path(
+    get,
+    path = "/3papi/civitai/downloads_enabled",
+    tag = "civitai",
+    summary = "Can models be downloaded",
+    description = "Downloads need a model folder (`MODEL_DIR`) and a working CivitAI key.",
+    security(("bearer" = []), ("superuser" = [])),
+    responses(
+        (status = 200, description = "The answer", body = openapi::DownloadsEnabled),
+        (status = 401, description = "No or refused credentials", body = openapi::Unauthorized),
+        (status = 403, description = "The user is disabled", body = openapi::UserDisabled),
+    )
+)]
+pub(super) async fn downloads_enabled(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
@@ -133,7 +184,32 @@ fn message(status: StatusCode, text: &str) -> ApiError {
 
 /// `GET /3papi/civitai/download/:modelVersionId` (role ≥ 2): `202` with the download, which
 /// then runs in the background.
-async fn download(
+#[utoipa::path(
+    get,
+    path = "/3papi/civitai/download/{model_version_id}",
+    tag = "civitai",
+    summary = "Download a model from CivitAI",
+    description = "Starts downloading the model version's primary file into the Forge's model \
+        folder (by type: `Lora`, `Stable-diffusion`, `ControlNet`, `../embeddings`, \
+        `hypernetworks`) and answers at once (role 2 or more). socket.io then tells every client \
+        `model-download-progress`, `model-download-finished` or `model-download-failed`, and \
+        `models-refreshed` once the Forge machines have rescanned.",
+    security(("bearer" = []), ("superuser" = [])),
+    params(("model_version_id" = String, Path, description = "CivitAI's model version id")),
+    responses(
+        (status = 202, description = "Started", body = openapi::DownloadStarted),
+        (status = 400, description = "Unsupported type, no or a bad primary file, or already downloaded", body = openapi::MessageBody,
+            example = json!({"message": "Model already downloaded"})),
+        (status = 401, description = "No or refused credentials", body = openapi::Unauthorized),
+        (status = 403, description = "The user is disabled, or below role 2", body = openapi::ForbiddenMessage),
+        (status = 404, description = "CivitAI does not know the version", body = openapi::MessageBody,
+            example = json!({"message": "Model not found"})),
+        (status = 409, description = "The same file is downloading", body = openapi::MessageBody),
+        (status = 500, description = "No model folder, the key fails, or the disk is nearly full", body = openapi::DownloadRefused,
+            example = json!({"message": "Model directory not set"})),
+    )
+)]
+pub(super) async fn download(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(model_version_id): Path<String>,
@@ -186,7 +262,25 @@ fn refused(refusal: Refusal) -> ApiError {
 
 /// `GET /3papi/civitai/api-proxy/*`: CivitAI's status and JSON body; `500` text when it does
 /// not answer.
-async fn api_proxy(
+#[utoipa::path(
+    get,
+    path = "/3papi/civitai/api-proxy/{*rest}",
+    tag = "civitai",
+    summary = "CivitAI's API, through easel",
+    description = "`GET <civitai api>/<rest>` with the same query, easel's key and \
+        `User-Agent: Navigator`; CivitAI's status and JSON body are relayed. No answer: `500` \
+        text `Upstream API did not respond`; any other failure: `500` text `An error occurred`.",
+    security(("bearer" = []), ("superuser" = [])),
+    params(("rest" = String, Path, description = "The CivitAI API path, e.g. `models` or `models/4201`")),
+    responses(
+        (status = 200, description = "CivitAI's answer", body = Object),
+        (status = "default", description = "CivitAI's status and JSON body, relayed", body = Object),
+        (status = 401, description = "No or refused credentials", body = openapi::Unauthorized),
+        (status = 403, description = "The user is disabled", body = openapi::UserDisabled),
+        (status = 500, description = "CivitAI did not answer, or failed", body = String, content_type = "text/html"),
+    )
+)]
+pub(super) async fn api_proxy(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(rest): Path<String>,

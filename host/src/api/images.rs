@@ -11,7 +11,7 @@ use axum::response::{Html, IntoResponse, Response};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, openapi};
 
 fn png(bytes: Vec<u8>) -> Response {
     (
@@ -40,6 +40,22 @@ fn id_of(job_id: &str) -> String {
     job_id.replacen(".png", "", 1)
 }
 
+/// `GET /api/images/:jobId`: the finished picture.
+#[utoipa::path(
+    get,
+    path = "/api/images/{job_id}",
+    tag = "images",
+    summary = "A finished picture",
+    description = "The job's PNG. No authentication (whoever knows the id may read, as Navigator); \
+        a first `.png` in the id is ignored (`/api/images/59feab77.png`).",
+    params(("job_id" = String, Path, description = "The job id (8 hex digits), optionally with `.png`")),
+    responses(
+        (status = 200, description = "The picture", body = openapi::Png, content_type = "image/png"),
+        (status = 404, description = "No such job, or not finished", body = openapi::ErrorBody,
+            example = json!({"error": "Image not found"})),
+        (status = 500, description = "The store failed", body = openapi::ErrorBody),
+    )
+)]
 pub(super) async fn image(
     State(state): State<AppState>,
     Path(job_id): Path<String>,
@@ -50,6 +66,25 @@ pub(super) async fn image(
     )
 }
 
+/// `GET /api/previews/:jobId`: the latest live preview.
+#[utoipa::path(
+    get,
+    path = "/api/previews/{job_id}",
+    tag = "images",
+    summary = "A running job's preview",
+    description = "The latest live preview of a running job (`task-progress` events name it in \
+        `progress_path`). No authentication; any query (Compass' `?step=` cache-buster) is ignored.",
+    params(
+        ("job_id" = String, Path, description = "The job id, optionally with `.png`"),
+        ("step" = Option<String>, Query, description = "Ignored (a cache-buster)"),
+    ),
+    responses(
+        (status = 200, description = "The preview", body = openapi::Png, content_type = "image/png"),
+        (status = 404, description = "No preview", body = openapi::ErrorBody,
+            example = json!({"error": "Preview not found"})),
+        (status = 500, description = "The store failed", body = openapi::ErrorBody),
+    )
+)]
 pub(super) async fn preview(
     State(state): State<AppState>,
     Path(job_id): Path<String>,
@@ -63,6 +98,21 @@ pub(super) async fn preview(
 /// The png-info of a finished job: as stored with the picture, else from a Forge machine
 /// (for pictures a ZeroMQ worker drew), else an empty one; `parameters.owner_id` is the
 /// owner's id (Navigator's quirk of storing the whole row object there is not kept).
+#[utoipa::path(
+    get,
+    path = "/api/images/{job_id}/info",
+    tag = "images",
+    summary = "A finished picture's parameters",
+    description = "Forge's png-info of the picture (as stored with it, else read by a Forge \
+        machine, else empty), with `parameters.owner_id` the owner's id. No authentication.",
+    params(("job_id" = String, Path, description = "The job id, optionally with `.png`")),
+    responses(
+        (status = 200, description = "The png-info", body = openapi::PngInfo),
+        (status = 404, description = "No such job, or not finished", body = openapi::ErrorBody,
+            example = json!({"error": "Image not found"})),
+        (status = 500, description = "The store or the Forge machine failed", body = openapi::ErrorBody),
+    )
+)]
 pub(super) async fn info(
     State(state): State<AppState>,
     Path(job_id): Path<String>,
@@ -123,6 +173,23 @@ fn escape(text: &str) -> String {
         .replace('\'', "&#39;")
 }
 
+/// `GET /embed/:jobId`: an Open Graph page showing the picture (for Discord's embeds).
+#[utoipa::path(
+    get,
+    path = "/embed/{job_id}",
+    tag = "images",
+    summary = "A picture's embed page",
+    description = "An HTML page with Open Graph and `twitter:card` tags whose image is \
+        `https://<Host>/api/images/<job_id>`, for Discord's link previews.",
+    params(("job_id" = String, Path, description = "The job id, optionally with `.png`")),
+    responses(
+        (status = 200, description = "The page", body = String, content_type = "text/html"),
+        (status = 404, description = "No such picture", body = openapi::MessageBody,
+            example = json!({"message": "Job not found"})),
+        (status = 500, description = "The store failed", body = openapi::MessageBody,
+            example = json!({"message": "Internal Server Error"})),
+    )
+)]
 pub(super) async fn embed(
     State(state): State<AppState>,
     Path(job_id): Path<String>,

@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::AppState;
+use super::{AppState, openapi};
 use crate::forge::ListKind;
 
 /// Samplers shown unless `all` is asked for (Discord autocomplete takes 25).
@@ -23,6 +23,20 @@ fn error(status: StatusCode, err: impl std::fmt::Display) -> Response {
     (status, Json(json!({"error": err.to_string()}))).into_response()
 }
 
+/// `GET /api/models[?refresh=true]`: the checkpoints with their catalog rows.
+#[utoipa::path(
+    get,
+    path = "/api/models",
+    tag = "lists",
+    summary = "Checkpoints",
+    description = "The checkpoints the backends offer (Forge's `/sd-models`, the union over the \
+        Forge machines; without any, the simulated backend's), each merged with easel's catalog \
+        row of the same `model_name` (`known`). `refresh=true` first rescans the Forge machines \
+        and sends `models-refreshed` to every socket. A failure is answered with status 200 and \
+        `{\"error\"}`, as Navigator.",
+    params(("refresh" = Option<String>, Query, description = "`true`: rescan the checkpoints first and emit `models-refreshed`")),
+    responses((status = 200, description = "The checkpoints, or `{\"error\"}`", body = openapi::ModelsAnswer))
+)]
 pub(super) async fn models(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
@@ -71,6 +85,17 @@ pub(super) async fn models(
     Json(json!({"models": models})).into_response()
 }
 
+/// `GET /api/samplers[?all]`: the first 24 samplers, or all.
+#[utoipa::path(
+    get,
+    path = "/api/samplers",
+    tag = "lists",
+    summary = "Samplers",
+    description = "Forge's `/samplers`: the first 24 (Discord's autocomplete shows 25) unless \
+        `all` is present. A failure is answered with status 200 and `{\"error\"}`, as Navigator.",
+    params(("all" = Option<String>, Query, description = "Present (any value, even empty): every sampler")),
+    responses((status = 200, description = "The samplers, or `{\"error\"}`", body = openapi::SamplersAnswer))
+)]
 pub(super) async fn samplers(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
@@ -88,6 +113,18 @@ pub(super) async fn samplers(
     }
 }
 
+/// `GET /api/upscalers`: Forge's upscalers but `None`.
+#[utoipa::path(
+    get,
+    path = "/api/upscalers",
+    tag = "lists",
+    summary = "Upscalers",
+    description = "Forge's `/upscalers` without the entry named `None`.",
+    responses(
+        (status = 200, description = "The upscalers", body = Vec<openapi::Upscaler>),
+        (status = 500, description = "No backend answered", body = openapi::ErrorBody),
+    )
+)]
 pub(super) async fn upscalers(State(state): State<AppState>) -> Response {
     match state.offer.list(ListKind::Upscalers).await {
         Ok(list) => Json(
@@ -100,10 +137,34 @@ pub(super) async fn upscalers(State(state): State<AppState>) -> Response {
     }
 }
 
+/// `GET /api/schedulers`: Forge's schedulers.
+#[utoipa::path(
+    get,
+    path = "/api/schedulers",
+    tag = "lists",
+    summary = "Schedulers",
+    description = "Forge's `/schedulers`, passed through.",
+    responses(
+        (status = 200, description = "The schedulers", body = Vec<openapi::Scheduler>),
+        (status = 500, description = "No backend answered", body = openapi::ErrorBody),
+    )
+)]
 pub(super) async fn schedulers(State(state): State<AppState>) -> Response {
     passthrough(&state, ListKind::Schedulers).await
 }
 
+/// `GET /api/modules`: Forge's modules (VAE, text encoders).
+#[utoipa::path(
+    get,
+    path = "/api/modules",
+    tag = "lists",
+    summary = "Modules",
+    description = "Forge's `/sd-modules` (VAE and text encoders, for `modules`), passed through.",
+    responses(
+        (status = 200, description = "The modules", body = Vec<openapi::Module>),
+        (status = 500, description = "No backend answered", body = openapi::ErrorBody),
+    )
+)]
 pub(super) async fn modules(State(state): State<AppState>) -> Response {
     passthrough(&state, ListKind::Modules).await
 }

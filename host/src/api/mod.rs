@@ -4,12 +4,17 @@
 //! internal failures all get a JSON body and a status code, never an HTML page or a hang.
 //! Requests become jobs through the intake only; jobs and images are read through the job
 //! reader, users through the accounts service. Consumes no job events yet (socket.io will).
+//!
+//! Every route is described in an OpenAPI 3.1 document served at `GET /api/openapi.json`
+//! ([`openapi`]): the router is built from the handlers' `#[utoipa::path]` descriptions with
+//! utoipa-axum, so the two cannot drift apart.
 
 mod admin;
 mod auth;
 mod civitai;
 mod images;
 mod lists;
+mod openapi;
 mod queue;
 pub mod realtime;
 mod user;
@@ -20,10 +25,12 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use auth::{Authenticator, SUPERUSER_ID, User, parse_expiration};
 pub use realtime::Realtime;
@@ -68,8 +75,11 @@ pub struct AppState {
 /// Express' `json({limit: "50mb"})`.
 const BODY_LIMIT: usize = 50 * 1024 * 1024;
 
-/// The whole HTTP application.
-pub fn router(state: AppState) -> Router {
+/// Every route, described: each is registered with utoipa-axum's `routes!`, which routes by
+/// the method and path of the handler's `#[utoipa::path]` and adds that description to the
+/// document (see [`openapi`]). A plain `.route(…)` here would be served but undocumented
+/// (`tests/openapi.rs` fails on one).
+fn app() -> OpenApiRouter<AppState> {
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::any())
         .allow_methods([
@@ -87,64 +97,69 @@ pub fn router(state: AppState) -> Router {
             header::ACCEPT,
             header::AUTHORIZATION,
         ]);
-    let api = Router::new()
-        .route("/config/limits", get(limits))
-        .route("/config/version", get(version))
-        .route("/auth/login", post(auth::login))
-        .route("/user/me", get(me))
-        .route("/user/jobs", get(user::jobs))
-        .route("/user/image/{image_id}", delete(user::delete_image))
-        .route("/user/image/{image_id}/meta", get(user::image_meta))
-        .route(
-            "/user/image/{image_id}/category",
-            put(user::set_image_category),
-        )
-        .route("/user/categories", get(user::categories))
-        .route("/user/category", post(user::create_category))
-        .route(
-            "/user/category/{category_id}",
-            delete(user::delete_category).patch(user::rename_category),
-        )
-        .route("/models", get(lists::models))
-        .route("/samplers", get(lists::samplers))
-        .route("/upscalers", get(lists::upscalers))
-        .route("/schedulers", get(lists::schedulers))
-        .route("/modules", get(lists::modules))
-        .route("/queue/user/txt2img", post(queue::queue::<false, false>))
-        .route("/queue/user/img2img", post(queue::queue::<true, false>))
-        .route(
-            "/queue/user/txt2img/upscale-hrf/{job_id}",
-            post(queue::upscale_hrf),
-        )
-        .route("/queue/txt2img", post(queue::queue::<false, true>))
-        .route("/queue/img2img", post(queue::queue::<true, true>))
-        .route("/queue/interrupt/{job_id}", post(queue::interrupt))
-        .route("/images/{job_id}", get(images::image))
-        .route("/images/{job_id}/info", get(images::info))
-        .route("/previews/{job_id}", get(images::preview))
-        .route(
-            "/admin/authorize-user/{discord_id}",
-            get(admin::authorize_user),
-        )
-        .route("/admin/disable-user/{discord_id}", get(admin::disable_user))
-        .route("/admin/users/{discord_id}/role", put(admin::set_role))
-        .route("/admin/plugins", get(admin::plugins))
-        .route("/admin/backends", get(admin::backends))
-        .merge(civitai::model_routes());
     // CORS on everything but `GET /` (as Navigator), unknown routes and preflights included,
     // so a browser client sees easel's JSON errors.
-    let with_cors = Router::new()
-        .route("/embed/{job_id}", get(images::embed))
-        .nest("/api", api)
-        .nest("/3papi", civitai::third_party_routes())
+    let with_cors = OpenApiRouter::default()
+        .routes(routes!(limits))
+        .routes(routes!(version))
+        .routes(routes!(openapi::document))
+        .routes(routes!(auth::login))
+        .routes(routes!(me))
+        .routes(routes!(user::jobs))
+        .routes(routes!(user::delete_image))
+        .routes(routes!(user::image_meta))
+        .routes(routes!(user::set_image_category))
+        .routes(routes!(user::categories))
+        .routes(routes!(user::create_category))
+        .routes(routes!(user::delete_category, user::rename_category))
+        .routes(routes!(lists::models))
+        .routes(routes!(lists::samplers))
+        .routes(routes!(lists::upscalers))
+        .routes(routes!(lists::schedulers))
+        .routes(routes!(lists::modules))
+        .routes(routes!(queue::txt2img))
+        .routes(routes!(queue::img2img))
+        .routes(routes!(queue::upscale_hrf))
+        .routes(routes!(queue::legacy_txt2img))
+        .routes(routes!(queue::legacy_img2img))
+        .routes(routes!(queue::interrupt))
+        .routes(routes!(images::image))
+        .routes(routes!(images::info))
+        .routes(routes!(images::preview))
+        .routes(routes!(images::embed))
+        .routes(routes!(admin::authorize_user))
+        .routes(routes!(admin::disable_user))
+        .routes(routes!(admin::set_role))
+        .routes(routes!(admin::plugins))
+        .routes(routes!(admin::backends))
+        .routes(routes!(civitai::loras))
+        .routes(routes!(civitai::set_override))
+        .routes(routes!(civitai::embeddings))
+        .routes(routes!(civitai::test_civitai))
+        .routes(routes!(civitai::downloads_enabled))
+        .routes(routes!(civitai::download))
+        .routes(routes!(civitai::api_proxy))
         .fallback(not_found)
         .layer(cors);
-    Router::new()
-        .route("/", get(root))
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(root))
         .merge(with_cors)
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    let (router, _) = app().split_for_parts();
+    router
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .with_state(state)
+}
+
+/// The OpenAPI 3.1 document of [`router`]'s routes, as `GET /api/openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = app().into_openapi();
+    openapi::catch_alls_as_parameters(&mut doc);
+    doc
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves.
@@ -173,6 +188,22 @@ fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 
 /// `GET /api/user/me`: the token's payload with the role read afresh (the superuser:
 /// `{discord_id, role: 4}`).
+#[utoipa::path(
+    get,
+    path = "/api/user/me",
+    tag = "user",
+    summary = "Who the credentials are",
+    description = "The token's payload with the role read from the store now (the superuser \
+        token: `{\"discord_id\": \"superuser\", \"role\": 4}`).",
+    security(("bearer" = []), ("superuser" = [])),
+    responses(
+        (status = 200, description = "The caller", body = openapi::Me,
+            example = json!({"user": {"discord_id": "123456789012345678", "role": 1, "iat": 1700000000, "exp": 1700259200}})),
+        (status = 401, description = "No or refused credentials", body = openapi::Unauthorized),
+        (status = 403, description = "The user is disabled", body = openapi::UserDisabled),
+        (status = 500, description = "The store failed", body = openapi::ErrorBody),
+    )
+)]
 async fn me(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -186,16 +217,42 @@ async fn me(
     Ok(Json(json!({"user": payload})))
 }
 
+/// `GET /`: a liveness answer (no CORS headers, as Navigator).
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "config",
+    summary = "Liveness",
+    description = "Always `{\"message\":\"Hello World!\",\"status\":\"online\"}`; the one route without CORS headers, as Navigator.",
+    responses((status = 200, description = "The server is up", body = openapi::Root))
+)]
 async fn root() -> Json<serde_json::Value> {
     Json(json!({"message": "Hello World!", "status": "online"}))
 }
 
+/// `GET /api/config/limits`: the pixel limit of a job.
+#[utoipa::path(
+    get,
+    path = "/api/config/limits",
+    tag = "config",
+    summary = "Limits",
+    description = "The most pixels (`width * height`) a job may ask for (`IMAGE_PIXEL_LIMIT`); always a number.",
+    responses((status = 200, description = "The limits", body = openapi::Limits))
+)]
 async fn limits(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({"max_pixels": state.intake.limits().max_pixels}))
 }
 
 /// `{"branch", "commit"}`: Navigator's `BRANCH` / `COMMIT_SHA` when set, else easel's
 /// own name and version.
+#[utoipa::path(
+    get,
+    path = "/api/config/version",
+    tag = "config",
+    summary = "Version",
+    description = "Navigator's `BRANCH` and `COMMIT_SHA` when set, else `easel` and easel's version.",
+    responses((status = 200, description = "The version", body = openapi::Version))
+)]
 async fn version() -> Json<serde_json::Value> {
     let branch = std::env::var("BRANCH").unwrap_or_else(|_| "easel".to_owned());
     let commit =

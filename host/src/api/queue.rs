@@ -19,21 +19,29 @@ use serde::{Serialize, Serializer};
 use serde_json::{Map, Value, json};
 
 use super::realtime::Followed;
-use super::{ApiError, AppState, origin};
+use super::{ApiError, AppState, openapi, origin};
 use crate::accounts::role::APPRENTICE;
 use crate::forge::body;
 use crate::intake::{Caller, LimitExceeded, Limits, Refusal};
 use crate::jobs::{Origin, Task, Txt2Img};
 use crate::store::JobStatus;
 
-/// The job object Navigator answers with (and later sends in socket events).
-#[derive(Debug, Serialize)]
+/// The job object Navigator answers with (and later sends in socket events, without
+/// `prompt`, `negative_prompt`, `owner_id`, `width`, `height` and `queue_size`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"type": "txt2img", "model_name": "sdxl_base", "prompt": "Puppies",
+    "negative_prompt": "blurry", "owner_id": "123456789012345678", "job_id": "59feab77",
+    "width": 1024, "height": 1024, "steps": 30, "hrf_steps": 30, "seed": -1, "cfg_scale": 7,
+    "distilled_cfg": 3.5, "sampler_name": "DPM++ 2M", "scheduler_name": "automatic",
+    "denoising_strength": 0, "force_hr_fix": false, "queue_size": 1, "task_type": "txt2img",
+    "status": "queued", "origin": "203.0.113.9", "categoryId": 3, "image_enhancements": false}))]
 struct NavigatorJob<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     model_name: &'a str,
     prompt: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     negative_prompt: Option<&'a str>,
     owner_id: &'a str,
     job_id: &'a str,
@@ -41,6 +49,7 @@ struct NavigatorJob<'a> {
     height: u32,
     steps: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     hrf_steps: Option<u32>,
     seed: i64,
     #[serde(serialize_with = "js_number")]
@@ -57,18 +66,23 @@ struct NavigatorJob<'a> {
     status: &'static str,
     origin: &'a str,
     #[serde(rename = "categoryId", skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     category_id: Option<i64>,
     image_enhancements: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     subseed: Option<i64>,
     #[serde(
         skip_serializing_if = "Option::is_none",
         serialize_with = "js_number_opt"
     )]
+    #[schema(nullable = false)]
     subseed_strength: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     upscaler_name: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     modules: Option<&'a [String]>,
 }
 
@@ -312,9 +326,159 @@ async fn check_category(
     }
 }
 
+/// `POST /api/queue/user/txt2img`.
+#[utoipa::path(
+    post,
+    path = "/api/queue/user/txt2img",
+    tag = "queue",
+    summary = "Queue a txt2img job",
+    description = "Queues a text-to-image job for the caller. Navigator's JavaScript `||` \
+        defaults apply (a missing, null, 0, empty or false value takes the default); names are \
+        resolved against what the backends offer when the job is queued; the access and \
+        model-policy plugins and the server's limits then admit it.",
+    security(("bearer" = []), ("superuser" = [])),
+    request_body(content = openapi::Txt2ImgRequest, description = "The request"),
+    responses(
+        (status = 200, description = "Queued: the job object (its events follow on socket.io)", body = NavigatorJob),
+        (status = 400, description = "A missing or invalid field, a limit, or a policy refusal", body = openapi::ErrorBody,
+            examples(
+                ("Missing" = (value = json!({"error": "Missing required parameters"}))),
+                ("Pixels" = (value = json!({"error": "The total value of (Width * Height) must not exceed 3686400"}))),
+                ("Invalid" = (value = json!({"error": "Invalid value for steps: expected a number"}))),
+            )),
+        (status = 401, description = "No or refused credentials", body = openapi::Unauthorized),
+        (status = 403, description = "The user is disabled, the category is not theirs, or the access plugin refuses", body = openapi::Forbidden,
+            examples(
+                ("Category" = (value = json!({"error": "Category does not exist or you do not own it"}))),
+                ("Access" = (value = json!({"error": "You are not allowed to queue jobs."}))),
+            )),
+        (status = 413, description = "The body is over 50 MB", body = openapi::ErrorBody),
+        (status = 500, description = "The store failed", body = openapi::ErrorBody),
+    )
+)]
+pub(super) async fn txt2img(
+    state: State<AppState>,
+    peer: ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    queue::<false, false>(state, peer, headers, body).await
+}
+
+/// `POST /api/queue/user/img2img`.
+#[utoipa::path(
+    post,
+    path = "/api/queue/user/img2img",
+    tag = "queue",
+    summary = "Queue an img2img job",
+    description = "Queues an image-to-image (with a mask: inpainting) job for the caller; `init_image` \
+        `NAVIGATOR_<job_id>` starts from a stored picture (500 when there is none). \
+        Navigator's JavaScript `||` defaults apply; names are resolved against what the \
+        backends offer; the access and model-policy plugins and the server's limits admit it.",
+    security(("bearer" = []), ("superuser" = [])),
+    request_body(content = openapi::Img2ImgRequest, description = "The request"),
+    responses(
+        (status = 200, description = "Queued: the job object (its events follow on socket.io)", body = openapi::Img2ImgJob),
+        (status = 400, description = "A missing or invalid field, a limit, or a policy refusal", body = openapi::ErrorBody,
+            examples(
+                ("Missing" = (value = json!({"error": "Missing required parameters"}))),
+                ("Denoising" = (value = json!({"error": "Denoising strength must be between 0.0 and 1.0"}))),
+            )),
+        (status = 401, description = "No or refused credentials", body = openapi::Unauthorized),
+        (status = 403, description = "The user is disabled, the category is not theirs, or the access plugin refuses", body = openapi::Forbidden,
+            examples(
+                ("Category" = (value = json!({"error": "Category does not exist or you do not own it"}))),
+                ("Access" = (value = json!({"error": "You are not allowed to queue jobs."}))),
+            )),
+        (status = 413, description = "The body is over 50 MB", body = openapi::ErrorBody),
+        (status = 500, description = "The store failed", body = openapi::ErrorBody),
+    )
+)]
+pub(super) async fn img2img(
+    state: State<AppState>,
+    peer: ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    queue::<true, false>(state, peer, headers, body).await
+}
+
+/// `POST /api/queue/txt2img`: the legacy bot route.
+#[utoipa::path(
+    post,
+    path = "/api/queue/txt2img",
+    tag = "queue",
+    summary = "Queue a txt2img job for a bot (legacy)",
+    description = "Navigator's unauthenticated bot route: the job is the body's `owner_id`'s (role 1). Off \
+        unless `[api] allow_legacy_bot_endpoints`. Otherwise as the user route: \
+        Navigator's `||` defaults, name resolution, the plugins and the limits.",
+    request_body(content = openapi::LegacyTxt2ImgRequest, description = "The request"),
+    responses(
+        (status = 200, description = "Queued: the job object (its events follow on socket.io)", body = NavigatorJob),
+        (status = 400, description = "The route is off, no `owner_id`, a missing or invalid field, a limit, or a policy refusal", body = openapi::ErrorBody,
+            examples(
+                ("Off" = (value = json!({"error": "This endpoint is not enabled. Please use /api/queue/user/txt2img instead."}))),
+                ("No owner" = (value = json!({"error": "Missing authentication data"}))),
+                ("Missing" = (value = json!({"error": "Missing required parameters"}))),
+            )),
+        (status = 403, description = "The category is not the owner's, or the access plugin refuses", body = openapi::ErrorBody,
+            examples(
+                ("Category" = (value = json!({"error": "Category does not exist or you do not own it"}))),
+                ("Access" = (value = json!({"error": "You are not allowed to queue jobs."}))),
+            )),
+        (status = 413, description = "The body is over 50 MB", body = openapi::ErrorBody),
+        (status = 500, description = "The store failed", body = openapi::ErrorBody),
+    )
+)]
+pub(super) async fn legacy_txt2img(
+    state: State<AppState>,
+    peer: ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    queue::<false, true>(state, peer, headers, body).await
+}
+
+/// `POST /api/queue/img2img`: the legacy bot route.
+#[utoipa::path(
+    post,
+    path = "/api/queue/img2img",
+    tag = "queue",
+    summary = "Queue an img2img job for a bot (legacy)",
+    description = "Navigator's unauthenticated bot route: the job is the body's `owner_id`'s (role 1). Off \
+        unless `[api] allow_legacy_bot_endpoints`. Otherwise as the user route: \
+        Navigator's `||` defaults, name resolution, the plugins and the limits.",
+    request_body(content = openapi::LegacyImg2ImgRequest, description = "The request"),
+    responses(
+        (status = 200, description = "Queued: the job object (its events follow on socket.io)", body = openapi::Img2ImgJob),
+        (status = 400, description = "The route is off, no `owner_id`, a missing or invalid field, a limit, or a policy refusal", body = openapi::ErrorBody,
+            examples(
+                ("Off" = (value = json!({"error": "This endpoint is not enabled. Please use /api/queue/user/img2img instead."}))),
+                ("No owner" = (value = json!({"error": "Missing authentication data"}))),
+                ("Missing" = (value = json!({"error": "Missing required parameters"}))),
+            )),
+        (status = 403, description = "The category is not the owner's, or the access plugin refuses", body = openapi::ErrorBody,
+            examples(
+                ("Category" = (value = json!({"error": "Category does not exist or you do not own it"}))),
+                ("Access" = (value = json!({"error": "You are not allowed to queue jobs."}))),
+            )),
+        (status = 413, description = "The body is over 50 MB", body = openapi::ErrorBody),
+        (status = 500, description = "The store failed", body = openapi::ErrorBody),
+    )
+)]
+pub(super) async fn legacy_img2img(
+    state: State<AppState>,
+    peer: ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    queue::<true, true>(state, peer, headers, body).await
+}
+
 /// `POST /api/queue/user/txt2img` (`IMG2IMG`: `/img2img`); `LEGACY`: the unauthenticated
-/// bot route `/api/queue/txt2img` (`/img2img`).
-pub(super) async fn queue<const IMG2IMG: bool, const LEGACY: bool>(
+/// bot route `/api/queue/txt2img` (`/img2img`). Routed through the four described functions
+/// above (`routes!` takes no generic handler).
+async fn queue<const IMG2IMG: bool, const LEGACY: bool>(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -576,6 +740,33 @@ async fn queue_img2img(
 
 /// `POST /api/queue/user/txt2img/upscale-hrf/:jobId`: the stored picture again, with the
 /// high-res fix from its own first pass (its parameters from its png-info).
+#[utoipa::path(
+    post,
+    path = "/api/queue/user/txt2img/upscale-hrf/{job_id}",
+    tag = "queue",
+    summary = "Queue a high-res-fix upscale of a stored picture",
+    description = "Queues a txt2img job for the caller that redraws a stored picture with the \
+        high-res fix, its parameters read from the picture's png-info; the body may override the \
+        upscaler, the denoising strength and the high-res steps. The category comes along only if \
+        it is the caller's.",
+    security(("bearer" = []), ("superuser" = [])),
+    params(("job_id" = String, Path, description = "The stored picture's job id")),
+    request_body(content = openapi::UpscaleRequest, description = "Optional overrides"),
+    responses(
+        (status = 200, description = "Queued: the job object", body = NavigatorJob),
+        (status = 400, description = "No such picture, no parameters in it, too large, an invalid override, or a refusal", body = openapi::ErrorBody,
+            examples(
+                ("Unknown" = (value = json!({"error": "Job not found"}))),
+                ("Too large" = (value = json!({"error": "Image is too large to upscale"}))),
+                ("No parameters" = (value = json!({"error": "The picture has no generation parameters"}))),
+            )),
+        (status = 401, description = "No or refused credentials", body = openapi::Unauthorized),
+        (status = 403, description = "The user is disabled, or the access plugin refuses", body = openapi::Forbidden,
+            example = json!({"error": "You are not allowed to queue jobs."})),
+        (status = 413, description = "The body is over 50 MB", body = openapi::ErrorBody),
+        (status = 500, description = "The store or the Forge machine failed", body = openapi::ErrorBody),
+    )
+)]
 pub(super) async fn upscale_hrf(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -654,6 +845,29 @@ pub(super) async fn upscale_hrf(
 
 /// `POST /api/queue/interrupt/:jobId`: the owner stops their running job (Forge hands back
 /// the partial picture, then `task-finished`) or removes their queued one.
+#[utoipa::path(
+    post,
+    path = "/api/queue/interrupt/{job_id}",
+    tag = "queue",
+    summary = "Interrupt or remove one of the caller's jobs",
+    description = "Stops the caller's running job (`task-interrupted`, then usually \
+        `task-finished` with the partial picture) or removes their queued one.",
+    security(("bearer" = []), ("superuser" = [])),
+    params(("job_id" = String, Path, description = "The job id")),
+    responses(
+        (status = 200, description = "Interrupted (it was running) or removed (it was queued)", body = openapi::Interrupted,
+            examples(
+                ("Running" = (value = json!({"message": "Task interrupted!", "status": "interrupted"}))),
+                ("Queued" = (value = json!({"message": "Task removed!", "status": "removed"}))),
+            )),
+        (status = 401, description = "No or refused credentials", body = openapi::Unauthorized),
+        (status = 403, description = "The user is disabled, or the job is another user's", body = openapi::Forbidden,
+            example = json!({"error": "Unauthorized"})),
+        (status = 404, description = "No such job queued or running", body = openapi::ErrorBody,
+            example = json!({"error": "Task not found"})),
+        (status = 500, description = "The store failed", body = openapi::ErrorBody),
+    )
+)]
 pub(super) async fn interrupt(
     State(state): State<AppState>,
     Path(job_id): Path<String>,

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, User};
+use super::{ApiError, AppState, User, openapi};
 use crate::accounts::AccountError;
 
 /// Most jobs one page may hold.
@@ -47,6 +47,30 @@ fn positive(query: &HashMap<String, String>, key: &str, default: i64) -> Result<
 }
 
 /// `GET /api/user/jobs?page&limit&category_id`.
+#[utoipa::path(
+    get,
+    path = "/api/user/jobs",
+    tag = "user",
+    summary = "The caller's gallery",
+    description = "One page of the caller's jobs, newest first, unfinished and failed ones \
+        included; each image is read from `/api/images/{id}`.",
+    security(("bearer" = []), ("superuser" = [])),
+    params(
+        ("page" = Option<i64>, Query, minimum = 1, description = "Page number, from 1 (default 1)"),
+        ("limit" = Option<i64>, Query, minimum = 1, description = "Jobs per page (default 10, at most 1000)"),
+        ("category_id" = Option<String>, Query, description = "Only this category's jobs (when a number other than 0)"),
+    ),
+    responses(
+        (status = 200, description = "The page", body = openapi::JobsPage,
+            example = json!({"count": 12, "totalPages": 2, "currentPage": 1, "previousPage": null, "nextPage": 2,
+                "images": [{"id": "59feab77", "category_id": 3}]})),
+        (status = 400, description = "`page` or `limit` is not a whole number of at least 1", body = openapi::MessageBody,
+            example = json!({"message": "page must be a whole number of at least 1"})),
+        (status = 401, description = "No or refused credentials", body = openapi::Unauthorized),
+        (status = 403, description = "The user is disabled", body = openapi::UserDisabled),
+        (status = 500, description = "The store failed", body = openapi::ErrorBody),
+    )
+)]
 pub(super) async fn jobs(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -82,6 +106,22 @@ pub(super) async fn jobs(
 }
 
 /// `DELETE /api/user/image/:id`: always `204` (nothing happens to another user's image).
+#[utoipa::path(
+    delete,
+    path = "/api/user/image/{image_id}",
+    tag = "user",
+    summary = "Delete one of the caller's images",
+    description = "Deletes the job and its picture if the caller owns it; `204` either way (another \
+        user's image is left as it is).",
+    security(("bearer" = []), ("superuser" = [])),
+    params(("image_id" = String, Path, description = "The job id")),
+    responses(
+        (status = 204, description = "Deleted, or nothing to delete"),
+        (status = 401, description = "No or refused credentials", body = openapi::Unauthorized),
+        (status = 403, description = "The user is disabled", body = openapi::UserDisabled),
+        (status = 500, description = "The store failed", body = openapi::ErrorBody),
+    )
+)]
 pub(super) async fn delete_image(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -97,6 +137,25 @@ pub(super) async fn delete_image(
 }
 
 /// `GET /api/user/image/:id/meta`.
+#[utoipa::path(
+    get,
+    path = "/api/user/image/{image_id}/meta",
+    tag = "user",
+    summary = "One of the caller's images: its meta data",
+    description = "Category, creation time, Discord message and owner of one of the caller's jobs.",
+    security(("bearer" = []), ("superuser" = [])),
+    params(("image_id" = String, Path, description = "The job id")),
+    responses(
+        (status = 200, description = "The meta data", body = openapi::ImageMeta,
+            example = json!({"category_id": null, "created_at": "2024-02-29T12:34:56.789Z", "message_id": null, "owner_id": "123456789012345678"})),
+        (status = 401, description = "No or refused credentials", body = openapi::Unauthorized),
+        (status = 403, description = "The user is disabled, or the image is another user's", body = openapi::ForbiddenMessage,
+            example = json!({"message": "You do not own this image"})),
+        (status = 404, description = "No such image", body = openapi::MessageBody,
+            example = json!({"message": "Image not found"})),
+        (status = 500, description = "The store failed", body = openapi::ErrorBody),
+    )
+)]
 pub(super) async fn image_meta(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -146,6 +205,32 @@ fn iso_time(ms: i64) -> String {
 }
 
 /// `PUT /api/user/image/:id/category {"categoryId"}` (`0` clears it).
+#[utoipa::path(
+    put,
+    path = "/api/user/image/{image_id}/category",
+    tag = "user",
+    summary = "Move one of the caller's images to a category",
+    description = "Sets the category of one of the caller's jobs to one of the caller's categories \
+        (`0` clears it).",
+    security(("bearer" = []), ("superuser" = [])),
+    params(("image_id" = String, Path, description = "The job id")),
+    request_body(content = openapi::ImageCategoryRequest, description = "The category"),
+    responses(
+        (status = 204, description = "Moved"),
+        (status = 400, description = "No or a non-numeric `categoryId`", body = openapi::MessageBody,
+            examples(
+                ("Missing" = (value = json!({"message": "Missing required fields"}))),
+                ("Not a number" = (value = json!({"message": "Category ID must be a number"}))),
+            )),
+        (status = 401, description = "No or refused credentials", body = openapi::Unauthorized),
+        (status = 403, description = "The user is disabled, or the image or the category is not the caller's", body = openapi::ForbiddenMessage,
+            examples(
+                ("Image" = (value = json!({"message": "Image does not exist or you do not own it"}))),
+                ("Category" = (value = json!({"message": "Category does not exist or you do not own it"}))),
+            )),
+        (status = 500, description = "The store failed", body = openapi::ErrorBody),
+    )
+)]
 pub(super) async fn set_image_category(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -197,6 +282,21 @@ pub(super) async fn set_image_category(
 }
 
 /// `GET /api/user/categories`.
+#[utoipa::path(
+    get,
+    path = "/api/user/categories",
+    tag = "user",
+    summary = "The caller's categories",
+    description = "Every category the caller owns.",
+    security(("bearer" = []), ("superuser" = [])),
+    responses(
+        (status = 200, description = "The categories", body = Vec<openapi::Category>,
+            example = json!([{"id": 3, "owner_id": "123456789012345678", "name": "Foxes"}])),
+        (status = 401, description = "No or refused credentials", body = openapi::Unauthorized),
+        (status = 403, description = "The user is disabled", body = openapi::UserDisabled),
+        (status = 500, description = "The store failed", body = openapi::ErrorBody),
+    )
+)]
 pub(super) async fn categories(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -234,6 +334,26 @@ fn category_id(text: &str) -> Result<i64, ApiError> {
 }
 
 /// `POST /api/user/category {"name"}` → `{"id"}`.
+#[utoipa::path(
+    post,
+    path = "/api/user/category",
+    tag = "user",
+    summary = "Create a category",
+    description = "A new category of the caller's.",
+    security(("bearer" = []), ("superuser" = [])),
+    request_body(content = openapi::CategoryName, description = "Its name"),
+    responses(
+        (status = 200, description = "Its id", body = openapi::Created, example = json!({"id": 3})),
+        (status = 400, description = "No name, or too long a one", body = openapi::MessageBody,
+            examples(
+                ("Missing" = (value = json!({"message": "missing required fields"}))),
+                ("Too long" = (value = json!({"message": "Category name is too long"}))),
+            )),
+        (status = 401, description = "No or refused credentials", body = openapi::Unauthorized),
+        (status = 403, description = "The user is disabled", body = openapi::UserDisabled),
+        (status = 500, description = "The store failed", body = openapi::ErrorBody),
+    )
+)]
 pub(super) async fn create_category(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -250,6 +370,29 @@ pub(super) async fn create_category(
 }
 
 /// `PATCH /api/user/category/:id {"name"}`: `204`; another user's category stays as it is.
+#[utoipa::path(
+    patch,
+    path = "/api/user/category/{category_id}",
+    tag = "user",
+    summary = "Rename a category",
+    description = "Renames one of the caller's categories; `204` either way (another user's \
+        category is left as it is).",
+    security(("bearer" = []), ("superuser" = [])),
+    params(("category_id" = String, Path, description = "The category id (a number)")),
+    request_body(content = openapi::CategoryName, description = "Its new name"),
+    responses(
+        (status = 204, description = "Renamed, or nothing to rename"),
+        (status = 400, description = "A non-numeric id, no name, or too long a one", body = openapi::MessageBody,
+            examples(
+                ("Not a number" = (value = json!({"message": "Category ID must be a number"}))),
+                ("Missing" = (value = json!({"message": "missing required fields"}))),
+                ("Too long" = (value = json!({"message": "Category name is too long"}))),
+            )),
+        (status = 401, description = "No or refused credentials", body = openapi::Unauthorized),
+        (status = 403, description = "The user is disabled", body = openapi::UserDisabled),
+        (status = 500, description = "The store failed", body = openapi::ErrorBody),
+    )
+)]
 pub(super) async fn rename_category(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -268,6 +411,24 @@ pub(super) async fn rename_category(
 }
 
 /// `DELETE /api/user/category/:id`: `204`; its images stay, without a category.
+#[utoipa::path(
+    delete,
+    path = "/api/user/category/{category_id}",
+    tag = "user",
+    summary = "Delete a category",
+    description = "Deletes one of the caller's categories; its images stay, without a category. \
+        `204` either way.",
+    security(("bearer" = []), ("superuser" = [])),
+    params(("category_id" = String, Path, description = "The category id (a number)")),
+    responses(
+        (status = 204, description = "Deleted, or nothing to delete"),
+        (status = 400, description = "A non-numeric id", body = openapi::MessageBody,
+            example = json!({"message": "Category ID must be a number"})),
+        (status = 401, description = "No or refused credentials", body = openapi::Unauthorized),
+        (status = 403, description = "The user is disabled", body = openapi::UserDisabled),
+        (status = 500, description = "The store failed", body = openapi::ErrorBody),
+    )
+)]
 pub(super) async fn delete_category(
     State(state): State<AppState>,
     headers: HeaderMap,
