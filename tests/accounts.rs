@@ -66,6 +66,11 @@ async fn call(
     (status, body)
 }
 
+/// `GET path` with `Authorization: auth`.
+async fn get(server: &Server, path: &str, auth: &str) -> (u16, Value) {
+    call(server, "GET", path, Some(auth), None).await
+}
+
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
@@ -151,12 +156,10 @@ async fn discord_login_enrolment_and_tokens_other_libraries_read() {
     assert_eq!(me.authorization.as_deref(), Some("Bearer token-alice-code"));
 
     // The superuser lets alice in: the first user with a role becomes a superuser too.
-    let (status, body) = call(
+    let (status, body) = get(
         &server,
-        "GET",
         &format!("/api/admin/authorize-user/{ALICE}"),
-        Some(&server.token),
-        None,
+        &server.token,
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -190,7 +193,7 @@ async fn discord_login_enrolment_and_tokens_other_libraries_read() {
     let (_, from_python) = peer("python3", &["mint", SECRET, &payload]);
     let (_, from_node) = peer("node", &["mint", SECRET, &payload, "1h"]);
     for token in [&from_python, &from_node] {
-        let (status, body) = call(&server, "GET", "/api/user/me", Some(&bearer(token)), None).await;
+        let (status, body) = get(&server, "/api/user/me", &bearer(token)).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["user"]["discord_id"], ALICE);
         assert_eq!(body["user"]["role"], 4);
@@ -216,7 +219,7 @@ async fn discord_login_enrolment_and_tokens_other_libraries_read() {
         (unsigned.as_str(), "jwt signature is required"),
         (no_id.as_str(), "Malformed token!"),
     ] {
-        let (status, body) = call(&server, "GET", "/api/user/me", Some(&bearer(token)), None).await;
+        let (status, body) = get(&server, "/api/user/me", &bearer(token)).await;
         assert_eq!(status, 401, "{token}: {body}");
         assert_eq!(body, json!({"message": "Unauthorized", "error": error}));
     }
@@ -225,26 +228,22 @@ async fn discord_login_enrolment_and_tokens_other_libraries_read() {
 
     // Alice (a superuser now) lets bob in: role 1. Disabling him ends his tokens at once.
     let alice_auth = bearer(&token);
-    let (status, _) = call(
+    let (status, _) = get(
         &server,
-        "GET",
         &format!("/api/admin/authorize-user/{BOB}"),
-        Some(&alice_auth),
-        None,
+        &alice_auth,
     )
     .await;
     assert_eq!(status, 200);
     let (status, body) = login(&server, "bob-code").await;
     assert_eq!((status, body["role"].clone()), (200, json!(1)), "{body}");
     let bob_auth = bearer(body["token"].as_str().unwrap());
-    let (status, body) = call(&server, "GET", "/api/user/me", Some(&bob_auth), None).await;
+    let (status, body) = get(&server, "/api/user/me", &bob_auth).await;
     assert_eq!((status, body["user"]["role"].clone()), (200, json!(1)));
-    let (status, body) = call(
+    let (status, body) = get(
         &server,
-        "GET",
         &format!("/api/admin/disable-user/{BOB}"),
-        Some(&alice_auth),
-        None,
+        &alice_auth,
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -252,7 +251,7 @@ async fn discord_login_enrolment_and_tokens_other_libraries_read() {
         body,
         json!({"message": "User disabled!", "discord_id": BOB})
     );
-    let (status, body) = call(&server, "GET", "/api/user/me", Some(&bob_auth), None).await;
+    let (status, body) = get(&server, "/api/user/me", &bob_auth).await;
     assert_eq!(status, 403);
     assert_eq!(
         body,
@@ -311,15 +310,13 @@ async fn the_demo_user_and_roles_two_and_three() {
         payload["exp"].as_i64().unwrap() - payload["iat"].as_i64().unwrap(),
         3 * 3600
     );
-    let (status, body) = call(&server, "GET", "/api/user/me", Some(&demo), None).await;
+    let (status, body) = get(&server, "/api/user/me", &demo).await;
     assert_eq!((status, body["user"]["role"].clone()), (200, json!(2)));
     // The demo user is an artificer, not an administrator.
-    let (status, body) = call(
+    let (status, body) = get(
         &server,
-        "GET",
         &format!("/api/admin/authorize-user/{ALICE}"),
-        Some(&demo),
-        None,
+        &demo,
     )
     .await;
     assert_eq!(status, 403, "{body}");
@@ -350,7 +347,7 @@ async fn the_demo_user_and_roles_two_and_three() {
         json!({"message": "Role set!", "discord_id": ALICE, "role": 3})
     );
     let alice = bearer(&common::jwt(SECRET, ALICE, 3600));
-    let (_, body) = call(&server, "GET", "/api/user/me", Some(&alice), None).await;
+    let (_, body) = get(&server, "/api/user/me", &alice).await;
     assert_eq!(body["user"]["role"], 3, "seen at once: {body}");
     // An architect gives role 2, but cannot make architects or change herself.
     let (status, body) = role(BOB, json!(2), alice.clone()).await;
@@ -366,20 +363,13 @@ async fn the_demo_user_and_roles_two_and_three() {
         let (status, _) = role(BOB, bad.clone(), su.clone()).await;
         assert_eq!(status, 400, "role {bad}");
     }
-    let (status, body) = call(
-        &server,
-        "GET",
-        "/api/admin/authorize-user/not-a-number",
-        Some(&su),
-        None,
-    )
-    .await;
+    let (status, body) = get(&server, "/api/admin/authorize-user/not-a-number", &su).await;
     assert_eq!(
         (status, body),
         (400, json!({"error": "Discord ID must be a number"}))
     );
     let bob = bearer(&common::jwt(SECRET, BOB, 3600));
-    let (_, body) = call(&server, "GET", "/api/user/me", Some(&bob), None).await;
+    let (_, body) = get(&server, "/api/user/me", &bob).await;
     assert_eq!(body["user"]["role"], 2);
 }
 
@@ -397,26 +387,12 @@ async fn admin_checks_ids_with_discord_when_a_bot_token_is_set() {
     );
     let server = start(dir.path(), Some(&discord), &[], &extra).await;
     let su = server.token.clone();
-    let (status, body) = call(
-        &server,
-        "GET",
-        "/api/admin/authorize-user/333333333333333333",
-        Some(&su),
-        None,
-    )
-    .await;
+    let (status, body) = get(&server, "/api/admin/authorize-user/333333333333333333", &su).await;
     assert_eq!(
         (status, body),
         (400, json!({"error": "Failed to validate Discord ID!"}))
     );
-    let (status, body) = call(
-        &server,
-        "GET",
-        &format!("/api/admin/authorize-user/{BOB}"),
-        Some(&su),
-        None,
-    )
-    .await;
+    let (status, body) = get(&server, &format!("/api/admin/authorize-user/{BOB}"), &su).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["user"], bob, "the Discord user, as Navigator answers");
     let check = discord
@@ -575,7 +551,7 @@ async fn galleries_pages_and_categories_stay_their_owners() {
     )
     .await;
     let owls = body["id"].as_i64().unwrap();
-    let (status, body) = call(&server, "GET", "/api/user/categories", Some(&alice), None).await;
+    let (status, body) = get(&server, "/api/user/categories", &alice).await;
     assert_eq!(status, 200);
     assert_eq!(
         body,
@@ -697,19 +673,12 @@ async fn galleries_pages_and_categories_stay_their_owners() {
     let bob_page = page("", bob.clone()).await;
     assert_eq!(bob_page["count"], 1);
     assert_eq!(bob_page["images"][0]["id"], bobs.as_str());
-    let (status, _) = call(&server, "GET", "/api/user/jobs?page=0", Some(&alice), None).await;
+    let (status, _) = get(&server, "/api/user/jobs?page=0", &alice).await;
     assert_eq!(status, 400);
 
     // Meta, and moving a picture between categories.
     let newest = ids.last().unwrap().clone();
-    let (status, meta) = call(
-        &server,
-        "GET",
-        &format!("/api/user/image/{newest}/meta"),
-        Some(&alice),
-        None,
-    )
-    .await;
+    let (status, meta) = get(&server, &format!("/api/user/image/{newest}/meta"), &alice).await;
     assert_eq!(status, 200, "{meta}");
     assert_eq!(meta["owner_id"], ALICE);
     assert_eq!(meta["category_id"], Value::Null);
@@ -730,14 +699,7 @@ async fn galleries_pages_and_categories_stay_their_owners() {
     };
     let (status, body) = put(newest.clone(), json!({"categoryId": owls}), alice.clone()).await;
     assert_eq!((status, body), (204, Value::Null));
-    let (_, meta) = call(
-        &server,
-        "GET",
-        &format!("/api/user/image/{newest}/meta"),
-        Some(&alice),
-        None,
-    )
-    .await;
+    let (_, meta) = get(&server, &format!("/api/user/image/{newest}/meta"), &alice).await;
     assert_eq!(meta["category_id"], owls);
     for (body, message) in [
         (json!({}), "Missing required fields"),
@@ -751,26 +713,12 @@ async fn galleries_pages_and_categories_stay_their_owners() {
     }
 
     // Bob never sees, moves or deletes alice's pictures or categories.
-    let (status, body) = call(
-        &server,
-        "GET",
-        &format!("/api/user/image/{newest}/meta"),
-        Some(&bob),
-        None,
-    )
-    .await;
+    let (status, body) = get(&server, &format!("/api/user/image/{newest}/meta"), &bob).await;
     assert_eq!(
         (status, body),
         (403, json!({"message": "You do not own this image"}))
     );
-    let (status, body) = call(
-        &server,
-        "GET",
-        "/api/user/image/ffffffff/meta",
-        Some(&bob),
-        None,
-    )
-    .await;
+    let (status, body) = get(&server, "/api/user/image/ffffffff/meta", &bob).await;
     assert_eq!((status, body), (404, json!({"message": "Image not found"})));
     let (status, body) = put(newest.clone(), json!({"categoryId": 0}), bob.clone()).await;
     assert_eq!(
@@ -798,7 +746,7 @@ async fn galleries_pages_and_categories_stay_their_owners() {
     .await;
     assert_eq!(status, 204, "always 204, as Navigator");
     server.wait_image(&newest, Duration::from_secs(1)).await;
-    let (_, cats) = call(&server, "GET", "/api/user/categories", Some(&bob), None).await;
+    let (_, cats) = get(&server, "/api/user/categories", &bob).await;
     assert_eq!(cats, json!([]));
     call(
         &server,
@@ -816,7 +764,7 @@ async fn galleries_pages_and_categories_stay_their_owners() {
         None,
     )
     .await;
-    let (_, cats) = call(&server, "GET", "/api/user/categories", Some(&alice), None).await;
+    let (_, cats) = get(&server, "/api/user/categories", &alice).await;
     assert_eq!(cats[1]["name"], "Owls", "{cats}");
 
     // Alice renames and deletes: the pictures stay, without a category.
@@ -838,7 +786,7 @@ async fn galleries_pages_and_categories_stay_their_owners() {
     )
     .await;
     assert_eq!(status, 204);
-    let (_, cats) = call(&server, "GET", "/api/user/categories", Some(&alice), None).await;
+    let (_, cats) = get(&server, "/api/user/categories", &alice).await;
     assert_eq!(
         cats,
         json!([{"id": owls, "owner_id": ALICE, "name": "Owls"}])
