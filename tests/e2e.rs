@@ -529,3 +529,52 @@ async fn the_embedded_default_is_a_whole_system() {
         .await;
     assert_eq!(common::png_size(&upscaled), (192, 128));
 }
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), 0).await;
+    let http = easel::forge::http_client();
+    let get = |path: &'static str| {
+        let http = http.clone();
+        let url = server.url(path);
+        async move {
+            let response = http.get(url).send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    assert_eq!(get("/healthz").await, (200, json!({"status": "ok"})));
+    let (status, ready) = get("/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["store"], "ok");
+    // No plugin directory here: the roles fall back to the built-ins, which serve.
+    let roles = ready["plugins"].as_object().unwrap();
+    assert_eq!(roles.len(), 4, "{ready}");
+    assert!(
+        roles.values().all(|serving| serving == "builtin"),
+        "{ready}"
+    );
+
+    // A role whose plugin is missing and may not fall back: not ready, and why.
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("easel.db").display());
+    let server = Server::start(ServerOptions {
+        db_url: &url,
+        dir: dir.path(),
+        extra_toml: "[plugins.roles]\naccess = \"no-such-plugin\"\n\
+                     [plugins.no-such-plugin]\non_failure = \"fail-closed\"\n",
+        ..ServerOptions::default()
+    })
+    .await;
+    let response = http.get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "not ready");
+    assert_eq!(body["plugins"]["access"], "none");
+    assert_eq!(
+        body["reasons"],
+        json!(["no plugin serves access (no-such-plugin is not loaded)"])
+    );
+}

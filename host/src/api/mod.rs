@@ -12,6 +12,7 @@
 mod admin;
 mod auth;
 mod civitai;
+mod health;
 mod images;
 mod lists;
 mod openapi;
@@ -100,6 +101,8 @@ fn app() -> OpenApiRouter<AppState> {
     // CORS on everything but `GET /` (as Navigator), unknown routes and preflights included,
     // so a browser client sees easel's JSON errors.
     let with_cors = OpenApiRouter::default()
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
         .routes(routes!(limits))
         .routes(routes!(version))
         .routes(routes!(openapi::document))

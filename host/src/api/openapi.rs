@@ -800,6 +800,31 @@ mod tests {
     }
 }
 
+// ---- health ----------------------------------------------------------------------------------
+
+/// `GET /healthz`.
+#[derive(ToSchema)]
+#[schema(example = json!({"status": "ok"}))]
+pub(super) struct Health {
+    /// `ok`.
+    status: String,
+}
+
+/// `GET /readyz`.
+#[derive(ToSchema)]
+pub(super) struct Readiness {
+    /// `ready` or `not ready`.
+    status: String,
+    /// `ok` or `unreachable`.
+    store: String,
+    /// What serves each plugin role: `plugin`, `builtin` or `none`.
+    #[schema(value_type = Object)]
+    plugins: serde_json::Value,
+    /// Why it is not ready.
+    #[schema(nullable = false)]
+    reasons: Option<Vec<String>>,
+}
+
 // ---- models and CivitAI ----------------------------------------------------------------------
 
 /// One LoRA with its metadata (Navigator's `NavigatorLora`).

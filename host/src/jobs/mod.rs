@@ -180,6 +180,11 @@ impl JobReader {
             .await?)
     }
 
+    /// Whether the store answers.
+    pub async fn ping(&self) -> Result<(), JobError> {
+        Ok(self.store.ping().await?)
+    }
+
     /// Owner, category, queue time and Discord message of a job.
     pub async fn meta(&self, id: &str) -> Result<Option<crate::store::JobMeta>, JobError> {
         Ok(self.store.job_meta(id).await?)

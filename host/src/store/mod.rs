@@ -265,6 +265,14 @@ impl Store {
         self.kind
     }
 
+    /// Whether the database answers (`SELECT 1`).
+    pub async fn ping(&self) -> Result<()> {
+        on_pool!(self, pool => {
+            sqlx::query("SELECT 1").execute(pool).await?;
+        });
+        Ok(())
+    }
+
     /// Closes every connection.
     pub async fn close(&self) {
         on_pool!(self, pool => pool.close().await)
