@@ -35,6 +35,7 @@ pub mod forge;
 pub mod grpc;
 pub mod intake;
 pub mod jobs;
+pub mod metrics;
 pub mod plugins;
 pub mod server;
 pub mod sim;

@@ -15,6 +15,7 @@ mod civitai;
 mod health;
 mod images;
 mod lists;
+mod metrics;
 mod openapi;
 mod queue;
 pub mod realtime;
@@ -65,6 +66,10 @@ pub struct AppState {
     pub realtime: Realtime,
     /// Discord, for logins and id checks.
     pub identity: DiscordIdentity,
+    /// The process's metrics.
+    pub metrics: crate::metrics::Metrics,
+    /// `[metrics] token`: what callers off loopback send for `/metrics`.
+    pub metrics_token: String,
     /// The backends running (for the admin view).
     pub backends: Vec<String>,
     /// Serve the unauthenticated legacy bot routes.
@@ -103,6 +108,7 @@ fn app() -> OpenApiRouter<AppState> {
     let with_cors = OpenApiRouter::default()
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
+        .routes(routes!(metrics::metrics))
         .routes(routes!(limits))
         .routes(routes!(version))
         .routes(routes!(openapi::document))
@@ -155,6 +161,8 @@ pub fn router(state: AppState) -> Router {
     router
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+        // Outside the panic catcher, so a panic is counted as the 500 it becomes.
+        .layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
 }
 

@@ -47,6 +47,8 @@ pub struct Config {
     pub oauth: OAuth,
     /// `[civitai]`: LoRA metadata and model downloads.
     pub civitai: CivitAi,
+    /// `[metrics]`: who may read `GET /metrics`.
+    pub metrics: MetricsConfig,
     /// What reading the environment noticed (variables easel takes but does not need): logged
     /// at start.
     #[serde(skip)]
@@ -85,6 +87,24 @@ impl fmt::Debug for OAuth {
             .field("client_id", &self.client_id)
             .field("client_secret", &Redacted(&self.client_secret))
             .field("redirect_uri", &self.redirect_uri)
+            .finish()
+    }
+}
+
+/// `[metrics]`: `GET /metrics` (Prometheus) on the HTTP port. Callers on loopback read it
+/// freely; any other caller (or one behind a proxy that sets `X-Forwarded-For`) needs
+/// `Authorization: Bearer <token>`, and without a token gets `403`.
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct MetricsConfig {
+    /// Bearer token for callers off loopback (env `EASEL_METRICS_TOKEN`); never logged.
+    pub token: String,
+}
+
+impl fmt::Debug for MetricsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MetricsConfig")
+            .field("token", &Redacted(&self.token))
             .finish()
     }
 }
@@ -795,6 +815,9 @@ impl Config {
         }
         if let Some(v) = get("DISCORD_BOT_TOKEN").filter(|v| !v.is_empty()) {
             self.auth.discord_token = v;
+        }
+        if let Some(v) = get("EASEL_METRICS_TOKEN").filter(|v| !v.is_empty()) {
+            self.metrics.token = v;
         }
         if let Some(v) = get("EASEL_WORKER_TOKEN").filter(|v| !v.is_empty()) {
             self.workers.token = v;

@@ -119,6 +119,7 @@ impl Claim {
 pub struct JobReader {
     store: Arc<Store>,
     hub: Arc<events::Hub>,
+    queued: Arc<AtomicI64>,
 }
 
 impl JobReader {
@@ -180,6 +181,11 @@ impl JobReader {
             .await?)
     }
 
+    /// Jobs waiting in the queue (the job service's count, see [`JobService::queue_depth`]).
+    pub fn queue_depth(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed).max(0) as u64
+    }
+
     /// Whether the store answers.
     pub async fn ping(&self) -> Result<(), JobError> {
         Ok(self.store.ping().await?)
@@ -207,7 +213,7 @@ pub struct JobService {
     /// Running jobs asked to stop; their backend learns it at its next progress report.
     interrupted: Mutex<HashSet<JobId>>,
     /// Jobs waiting, as this process counts them.
-    queued: AtomicI64,
+    queued: Arc<AtomicI64>,
 }
 
 impl std::fmt::Debug for JobService {
@@ -235,7 +241,7 @@ impl JobService {
             settings,
             work,
             interrupted: Mutex::new(HashSet::new()),
-            queued: AtomicI64::new(0),
+            queued: Arc::new(AtomicI64::new(0)),
         });
         let weak = Arc::downgrade(&service);
         tokio::spawn(async move {
@@ -269,6 +275,7 @@ impl JobService {
         JobReader {
             store: self.store.clone(),
             hub: self.hub.clone(),
+            queued: self.queued.clone(),
         }
     }
 

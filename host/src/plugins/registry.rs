@@ -68,6 +68,9 @@ pub struct PluginStatus {
     pub last_error: Option<String>,
     /// Successful loads after the first.
     pub reloads: u64,
+    /// Loads that failed (a bad file, a missing export, a deleted file) since the server
+    /// started.
+    pub failed_loads: u64,
     /// When the serving version was loaded (seconds since the Unix epoch).
     pub last_reload: Option<f64>,
     /// Calls that failed (trap, memory) since the server started.
@@ -285,6 +288,7 @@ impl Registry {
                         status: "ok",
                         last_error: None,
                         reloads,
+                        failed_loads: previous.as_ref().map_or(0, |p| p.status.failed_loads),
                         last_reload: Some(
                             SystemTime::now()
                                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -310,6 +314,7 @@ impl Registry {
                     "failed"
                 };
                 previous.status.last_error = Some(err.to_string());
+                previous.status.failed_loads += 1;
                 previous
             }
             (Err(err), None) => {
@@ -326,6 +331,7 @@ impl Registry {
                         status: "failed",
                         last_error: Some(err.to_string()),
                         reloads: 0,
+                        failed_loads: 1,
                         last_reload: None,
                         failed_calls: 0,
                         deadline_overruns: 0,

@@ -48,7 +48,10 @@ pub enum ServeError {
     /// The gRPC API could not start.
     #[error(transparent)]
     Grpc(#[from] crate::grpc::GrpcError),
-    /// The plugin engine could not start.
+    /// The metrics recorder could not be installed.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
+    /// The plugin runtime could not start.
     #[error("cannot start the plugin runtime: {0}")]
     Plugins(#[from] crate::plugins::PluginError),
     /// The superuser token file could not be written.
@@ -314,6 +317,8 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let metrics = crate::metrics::Metrics::install()?;
+    let metrics_follower = metrics.follow_jobs(jobs.subscribe());
     for note in &config.env_notes {
         tracing::warn!("{note}");
     }
@@ -378,11 +383,14 @@ pub async fn run(
         catalog,
         realtime: realtime.clone(),
         identity: crate::accounts::discord::DiscordIdentity::from_config(&config),
+        metrics: metrics.clone(),
+        metrics_token: config.metrics.token.clone(),
         backends: backends.names().to_vec(),
         allow_legacy: config.api.allow_legacy_bot_endpoints,
         civitai: civitai.clone(),
     };
     let served = api::serve(listener, state, stopped(stop_rx)).await;
+    metrics_follower.abort();
     civitai.shutdown().await;
     realtime.close().await;
     if tokio::time::timeout(Duration::from_secs(2), rt_server)
