@@ -209,6 +209,11 @@ async fn metrics_move_with_jobs_plugins_and_requests() {
         count("easel_queue_depth", "easel_queue_depth", json!({})),
         0.0
     );
+    // The worker pool runs (on a free port) with nobody connected.
+    assert_eq!(
+        family(&after, "easel_workers_connected")["samples"][0]["value"],
+        0.0
+    );
     assert_eq!(
         count(
             "easel_http_requests_total",

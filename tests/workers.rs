@@ -261,6 +261,27 @@ async fn killed_worker_job_finishes_on_another() {
         (JobStatus::Finished, 1, 2)
     );
     store.close().await;
+    // /metrics: the killed worker is gone from the pool, its job counted as a fault.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = easel::forge::http_client()
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let has = |line: &str| text.lines().any(|l| l == line);
+        if has("easel_workers_connected 1") && has("easel_worker_faults_total 1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "metrics do not show one worker left and one fault:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

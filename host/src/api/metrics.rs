@@ -61,6 +61,7 @@ pub(super) async fn metrics(
         &plugins,
         state.plugins.admission().waits,
         &state.offer.states(),
+        state.pool.as_deref(),
     );
     Ok((
         StatusCode::OK,

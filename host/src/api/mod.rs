@@ -70,6 +70,8 @@ pub struct AppState {
     pub metrics: crate::metrics::Metrics,
     /// `[metrics] token`: what callers off loopback send for `/metrics`.
     pub metrics_token: String,
+    /// The worker pool's counters, when the pool runs.
+    pub pool: Option<Arc<crate::workers::PoolStats>>,
     /// The backends running (for the admin view).
     pub backends: Vec<String>,
     /// Serve the unauthenticated legacy bot routes.

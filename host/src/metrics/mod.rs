@@ -95,6 +95,41 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         "Jobs a Forge machine could not run (unreachable, timed out), by machine",
     ),
     (
+        "easel_workers_connected",
+        "gauge",
+        "ZeroMQ workers known to the pool (ready, busy or idle)",
+    ),
+    (
+        "easel_workers_busy",
+        "gauge",
+        "ZeroMQ workers holding a job",
+    ),
+    (
+        "easel_worker_jobs_dispatched_total",
+        "counter",
+        "Jobs sent to ZeroMQ workers",
+    ),
+    (
+        "easel_worker_jobs_finished_total",
+        "counter",
+        "Results of ZeroMQ workers stored",
+    ),
+    (
+        "easel_worker_faults_total",
+        "counter",
+        "Jobs put back in the queue after a worker fault (deadline, lost worker)",
+    ),
+    (
+        "easel_worker_jobs_failed_total",
+        "counter",
+        "Jobs failed after too many worker faults",
+    ),
+    (
+        "easel_worker_frames_dropped_total",
+        "counter",
+        "Malformed ZeroMQ frames dropped",
+    ),
+    (
         "easel_plugin_loaded",
         "gauge",
         "1 while a plugin's newest file is loaded and serving (0: it failed to load, or an older version serves), by plugin",
@@ -292,7 +327,18 @@ pub fn set_snapshots(
     plugins: &[crate::plugins::PluginStatus],
     admission_waits: u64,
     machines: &[crate::forge::MachineState],
+    pool: Option<&crate::workers::PoolStats>,
 ) {
+    if let Some(pool) = pool {
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        gauge!("easel_workers_connected").set(get(&pool.connected) as f64);
+        gauge!("easel_workers_busy").set(get(&pool.busy) as f64);
+        counter!("easel_worker_jobs_dispatched_total").absolute(get(&pool.dispatched));
+        counter!("easel_worker_jobs_finished_total").absolute(get(&pool.finished));
+        counter!("easel_worker_faults_total").absolute(get(&pool.requeued));
+        counter!("easel_worker_jobs_failed_total").absolute(get(&pool.failed));
+        counter!("easel_worker_frames_dropped_total").absolute(get(&pool.dropped));
+    }
     gauge!("easel_queue_depth").set(queue_depth as f64);
     for plugin in plugins {
         let name = plugin.name.clone();

@@ -297,10 +297,13 @@ pub async fn run(
             "simulated backend running"
         );
     }
+    let mut pool_stats = None;
     if config.workers.bind.is_empty() {
         tracing::info!("worker pool off ([workers] bind is empty)");
     } else {
-        backends.start(WorkerPool::bind(config.workers.clone()).await?);
+        let pool = WorkerPool::bind(config.workers.clone()).await?;
+        pool_stats = Some(pool.stats());
+        backends.start(pool);
     }
     if backends.names().is_empty() {
         tracing::warn!(
@@ -385,6 +388,7 @@ pub async fn run(
         identity: crate::accounts::discord::DiscordIdentity::from_config(&config),
         metrics: metrics.clone(),
         metrics_token: config.metrics.token.clone(),
+        pool: pool_stats,
         backends: backends.names().to_vec(),
         allow_legacy: config.api.allow_legacy_bot_endpoints,
         civitai: civitai.clone(),
