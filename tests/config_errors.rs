@@ -146,3 +146,23 @@ fn placeholder_discord_token_is_not_an_error() {
     assert_eq!(untitled, easel::config::Config::default());
     assert!(!config.discord_enabled());
 }
+
+#[test]
+fn version_names_the_commit() {
+    let out = std::process::Command::new(common::easel_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let expected = format!("easel {} (commit ", env!("CARGO_PKG_VERSION"));
+    assert!(text.starts_with(&expected), "{text}");
+    let commit = text
+        .trim()
+        .trim_start_matches(&expected)
+        .trim_end_matches(')');
+    assert!(
+        commit == "unknown" || (commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{text}"
+    );
+}

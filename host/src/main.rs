@@ -11,7 +11,11 @@ use tracing_subscriber::util::SubscriberInitExt;
 use easel::config::Config;
 
 #[derive(Parser)]
-#[command(name = "easel", version, about = "Turns art requests into images.")]
+#[command(
+    name = "easel",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("EASEL_COMMIT"), ")"),
+    about = "Turns art requests into images."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -636,7 +640,7 @@ fn main() -> ExitCode {
                 }
             };
             let _guard = init_logging(level, &config.misc_settings.log_dir);
-            tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "starting easel");
+            tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), commit = env!("EASEL_COMMIT"), "starting easel");
             block_on(
                 "cannot serve",
                 easel::server::run(config, Some(path), shutdown_signal()),

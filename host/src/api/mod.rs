@@ -256,20 +256,19 @@ async fn limits(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({"max_pixels": state.intake.limits().max_pixels}))
 }
 
-/// `{"branch", "commit"}`: Navigator's `BRANCH` / `COMMIT_SHA` when set, else easel's
-/// own name and version.
+/// `{"branch", "commit"}`: Navigator's `BRANCH` / `COMMIT_SHA` when set, else `easel` and the
+/// commit easel was built from.
 #[utoipa::path(
     get,
     path = "/api/config/version",
     tag = "config",
     summary = "Version",
-    description = "Navigator's `BRANCH` and `COMMIT_SHA` when set, else `easel` and easel's version.",
+    description = "Navigator's `BRANCH` and `COMMIT_SHA` when set, else `easel` and the commit easel was built from (`unknown` outside a git checkout).",
     responses((status = 200, description = "The version", body = openapi::Version))
 )]
 async fn version() -> Json<serde_json::Value> {
     let branch = std::env::var("BRANCH").unwrap_or_else(|_| "easel".to_owned());
-    let commit =
-        std::env::var("COMMIT_SHA").unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_owned());
+    let commit = std::env::var("COMMIT_SHA").unwrap_or_else(|_| env!("EASEL_COMMIT").to_owned());
     Json(json!({"branch": branch, "commit": commit}))
 }
 
