@@ -237,6 +237,13 @@ pub struct Discord {
     /// Back-off unit after a Discord server error, in milliseconds: the wait after try `n`
     /// (from 0) is `unit * (1 + 2n)`, i.e. 1, 3, 5, 7, 9 s by default.
     pub server_error_backoff_ms: u64,
+    /// Say a queued job's place in line ("Queued: position N") when jobs are ahead of it. Off
+    /// by default: the seed says nothing more when a job is queued.
+    pub queue_position: bool,
+    /// One progress message per job, edited as the steps advance ("⏱️ step 12/30", with the
+    /// live preview when there is one; at most one edit every 2 s) and replaced by the result.
+    /// Off by default: the seed shows progress by reactions alone.
+    pub progress: bool,
     /// `[discord.settings]`.
     pub settings: DiscordSettings,
     /// `[discord.style]`.
@@ -256,6 +263,8 @@ impl Default for Discord {
             gateway: true,
             rest_tries: 5,
             server_error_backoff_ms: 1000,
+            queue_position: false,
+            progress: false,
             settings: DiscordSettings::default(),
             style: DiscordStyle::default(),
         }
