@@ -13,6 +13,7 @@
 mod flow;
 mod messenger;
 mod places;
+mod progress;
 mod slash;
 
 use std::collections::HashSet;
@@ -56,6 +57,10 @@ struct Settings {
     announce: bool,
     threads_own: bool,
     commands: Commands,
+    /// `[discord] queue_position`.
+    queue_position: bool,
+    /// `[discord] progress`.
+    progress: bool,
 }
 
 /// What the front end works with: the services it calls and the read handles it reads.
@@ -177,6 +182,8 @@ pub fn start(
             announce: discord.announce,
             threads_own: discord.threads == Threads::Own,
             commands: discord.commands,
+            queue_position: discord.queue_position,
+            progress: discord.progress,
         },
         announced: Mutex::new(HashSet::new()),
     });
