@@ -1100,6 +1100,30 @@ async fn queue_position_when_jobs_are_ahead() {
     let third = bot.fake.message(ART, &bob(), "/art three --steps 2").await;
     bot.expect(ART, third, &["+👍", "reply:Queued: position 3"])
         .await;
+    // /art says it in its deferred reply.
+    let (slash, token) = bot
+        .fake
+        .slash_command(
+            Some(GUILD),
+            ART,
+            &alice(),
+            "art",
+            json!([
+                {"name": "prompt", "type": 3, "value": "four"},
+                {"name": "steps", "type": 4, "value": 2},
+            ]),
+        )
+        .await;
+    let original = format!("/api/v10/webhooks/{APP}/{token}/messages/@original");
+    bot.fake
+        .wait_for_calls(1, |c| c.is("PATCH", &original), TIMEOUT)
+        .await;
+    let calls = interaction_calls(&bot.fake, slash, &token);
+    let acknowledged = calls[1].1["content"].as_str().unwrap();
+    assert!(
+        acknowledged.starts_with("Queued `") && acknowledged.ends_with("` (position 4): four"),
+        "{acknowledged}"
+    );
     // Each still gets the seed's answer; the first, alone in line, was told no position.
     let args = |p: &str, steps: u32| format!("{{'prompt': '{p}', 'cfg': 7.5, 'steps': {steps}}}");
     bot.expect(

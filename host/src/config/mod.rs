@@ -1295,6 +1295,18 @@ mod tests {
     }
 
     #[test]
+    fn discord_progress_and_queue_position_are_off_unless_asked() {
+        let default = parse("").unwrap().discord;
+        assert!(!default.progress && !default.queue_position);
+        let on = parse("[discord]\nprogress = true\nqueue_position = true\n").unwrap();
+        assert!(on.discord.progress && on.discord.queue_position);
+        let err = parse("[discord]\nprogres = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown key `discord.progres`"), "{err}");
+    }
+
+    #[test]
     fn typo_suggests_closest_key() {
         let err = parse("[api]\nhtp_port = 1\n").unwrap_err().to_string();
         assert_eq!(

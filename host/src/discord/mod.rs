@@ -9,6 +9,10 @@
 //! (`discord:<channel>:<message>`) is stored with it, so jobs queued before a restart are
 //! followed again at start and still reach their message. Rate limits (429 with
 //! `retry_after`) are twilight's; a dropped gateway connection is resumed by the shard.
+//!
+//! Off by default, as the seed had neither: `[discord] queue_position` tells a job its place
+//! in line when others are ahead (flow.rs, `Bot::position`), and `[discord] progress` follows
+//! a running job in one message edited at most every 2 s (progress.rs).
 
 mod flow;
 mod messenger;
