@@ -65,6 +65,8 @@ struct BotOptions<'a> {
     plugins: &'a [&'a str],
     /// Environment of the server.
     env: &'a [(&'a str, &'a str)],
+    /// `[simulated] step_ms`: how long each step of a simulated job takes.
+    step_ms: u64,
 }
 
 const REPO_PLUGINS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins");
@@ -77,6 +79,7 @@ async fn start_bot(options: BotOptions<'_>) -> Bot {
         workers_toml,
         plugins,
         env,
+        step_ms,
     } = options;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let fake = FakeDiscord::start(
@@ -113,7 +116,7 @@ async fn start_bot(options: BotOptions<'_>) -> Bot {
     let server = Server::start(ServerOptions {
         db_url: &db,
         dir: dir.path(),
-        step_ms: 0,
+        step_ms,
         workers,
         workers_toml,
         extra_toml: &extra,
@@ -871,4 +874,303 @@ async fn resume_after_a_dropped_connection_and_a_429() {
         .map(|c| c.status)
         .collect();
     assert_eq!(statuses, [429, 204]);
+}
+
+/// The bot's reply to `message` whose content starts with `prefix`, and its id.
+fn reply_starting(calls: &[RestCall], message: u64, prefix: &str) -> Option<(usize, u64)> {
+    calls.iter().enumerate().find_map(|(i, c)| {
+        let text = about(c, ART, message)?;
+        let text = text.strip_prefix("reply:")?;
+        if !text.starts_with(prefix) {
+            return None;
+        }
+        let id = c.response.as_ref()?["id"].as_str()?.parse().ok()?;
+        Some((i, id))
+    })
+}
+
+#[tokio::test]
+async fn progress_is_one_message_edited_every_two_seconds_then_the_result() {
+    // 30 steps of 200 ms: about 6 s of progress, previews along the way.
+    let bot = start_bot(BotOptions {
+        discord: "announce = false\ncommands = \"off\"\nprogress = true",
+        workers: 1,
+        step_ms: 200,
+        ..BotOptions::default()
+    })
+    .await;
+    let id = bot
+        .fake
+        .message(ART, &alice(), "/art a fox --steps 30")
+        .await;
+    let result = |c: &RestCall| {
+        about(c, ART, id).is_some_and(|a| a.starts_with("reply:Parsed args") && !c.files.is_empty())
+    };
+    bot.fake.wait_for_calls(1, result, TIMEOUT).await;
+    // Anything late would show up here.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let calls = bot.fake.calls();
+    let (created_at, progress) =
+        reply_starting(&calls, id, "⏱️ step ").expect("a progress message");
+    let edits: Vec<&RestCall> = calls
+        .iter()
+        .filter(|c| {
+            c.is(
+                "PATCH",
+                &format!("/api/v10/channels/{ART}/messages/{progress}"),
+            )
+        })
+        .collect();
+    assert!(edits.len() >= 2, "{} edits", edits.len());
+    // One message: no second progress reply.
+    let progress_replies = calls
+        .iter()
+        .filter(|c| about(c, ART, id).is_some_and(|a| a.starts_with("reply:⏱️")))
+        .count();
+    assert_eq!(progress_replies, 1);
+    // At least 2 s between the post and each edit, and between edits.
+    let mut times = vec![calls[created_at].at];
+    times.extend(edits.iter().map(|c| c.at));
+    for pair in times.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap >= Duration::from_secs(2), "edits {gap:?} apart");
+    }
+    // Steps as the text, rising; a preview attached to some of them.
+    let steps: Vec<u32> = edits
+        .iter()
+        .map(|c| {
+            let text = c.json.as_ref().unwrap()["content"].as_str().unwrap();
+            let (step, total) = text
+                .strip_prefix("⏱️ step ")
+                .and_then(|t| t.split_once('/'))
+                .unwrap_or_else(|| panic!("{text}"));
+            assert_eq!(total, "30");
+            step.parse().unwrap()
+        })
+        .collect();
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+    let previews = std::iter::once(&calls[created_at])
+        .chain(edits.iter().copied())
+        .filter(|c| !c.files.is_empty())
+        .count();
+    assert!(previews >= 1, "no preview attached");
+    for c in std::iter::once(&calls[created_at]).chain(edits.iter().copied()) {
+        for (name, bytes) in &c.files {
+            assert!(name.ends_with("-preview.png"), "{name}");
+            assert!(bytes.starts_with(b"\x89PNG"), "{name} is a PNG");
+        }
+    }
+    // The progress message is deleted before the result, which is the seed's reply.
+    let deleted = calls
+        .iter()
+        .position(|c| {
+            c.is(
+                "DELETE",
+                &format!("/api/v10/channels/{ART}/messages/{progress}"),
+            )
+        })
+        .expect("the progress message is deleted");
+    let final_at = calls.iter().position(result).unwrap();
+    assert!(deleted < final_at);
+    let final_reply = &calls[final_at];
+    assert_eq!(
+        about(final_reply, ART, id).unwrap(),
+        "reply:Parsed args: {'prompt': 'a fox', 'cfg': 7.5, 'steps': 30} processed by hostname: simulated-0 [file]"
+    );
+    assert!(final_reply.files[0].0.ends_with(".png"));
+    assert!(!final_reply.files[0].0.ends_with("-preview.png"));
+    // Nothing is edited once the job ended.
+    let late: Vec<String> = calls[deleted..]
+        .iter()
+        .filter(|c| c.method == "PATCH")
+        .map(RestCall::summary)
+        .collect();
+    assert!(late.is_empty(), "edited after the end: {late:?}");
+    // The reactions are the seed's.
+    let reactions: Vec<String> = calls
+        .iter()
+        .filter_map(|c| about(c, ART, id))
+        .filter(|a| !a.starts_with("reply:"))
+        .collect();
+    assert_eq!(reactions, ["+👍", "+⏱️", "-⏱️", "+💯"]);
+}
+
+#[tokio::test]
+async fn slash_progress_edits_the_deferred_reply_then_restores_it() {
+    let bot = start_bot(BotOptions {
+        discord: "announce = false\ncommands = \"guild\"\nprogress = true",
+        workers: 1,
+        step_ms: 200,
+        ..BotOptions::default()
+    })
+    .await;
+    let (id, token) = bot
+        .fake
+        .slash_command(
+            Some(GUILD),
+            ART,
+            &alice(),
+            "art",
+            json!([
+                {"name": "prompt", "type": 3, "value": "a red fox"},
+                {"name": "steps", "type": 4, "value": 25},
+            ]),
+        )
+        .await;
+    let webhook = format!("/api/v10/webhooks/{APP}/{token}");
+    bot.fake
+        .wait_for_calls(
+            1,
+            |c| c.is("POST", &webhook) && !c.files.is_empty(),
+            TIMEOUT,
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let calls = interaction_calls(&bot.fake, id, &token);
+    let what: Vec<&str> = calls.iter().map(|c| c.0.as_str()).collect();
+    assert_eq!(what[0], "callback");
+    assert_eq!(what[1], "PATCH webhook/messages/@original");
+    let queued = calls[1].1["content"].as_str().unwrap().to_owned();
+    assert!(
+        queued.starts_with("Queued `") && queued.ends_with("`: a red fox"),
+        "{queued}"
+    );
+    // Then the progress edits, the acknowledgement again, and the result: the last call.
+    let last = calls.len() - 1;
+    assert_eq!(what[last], "POST webhook");
+    assert!(
+        calls[last].1["files"][0]
+            .as_str()
+            .unwrap()
+            .ends_with(".png")
+    );
+    assert_eq!(what[last - 1], "PATCH webhook/messages/@original");
+    assert_eq!(calls[last - 1].1["content"], json!(queued));
+    assert_eq!(
+        calls[last - 1].1["attachments"],
+        json!([]),
+        "the preview goes"
+    );
+    let progress = &calls[2..last - 1];
+    assert!(progress.len() >= 2, "{what:?}");
+    for (kind, json) in progress {
+        assert_eq!(kind, "PATCH webhook/messages/@original");
+        let text = json["content"].as_str().unwrap();
+        assert!(
+            text.starts_with("⏱️ step ") && text.ends_with("/25"),
+            "{text}"
+        );
+    }
+    let at: Vec<std::time::Instant> = bot
+        .fake
+        .calls()
+        .iter()
+        .filter(|c| {
+            c.is("PATCH", &format!("{webhook}/messages/@original"))
+                && c.json
+                    .as_ref()
+                    .is_some_and(|j| j["content"].as_str().is_some_and(|t| t.starts_with("⏱️")))
+        })
+        .map(|c| c.at)
+        .collect();
+    for pair in at.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= Duration::from_secs(2),
+            "{:?}",
+            pair[1] - pair[0]
+        );
+    }
+}
+
+#[tokio::test]
+async fn queue_position_when_jobs_are_ahead() {
+    let bot = start_bot(BotOptions {
+        discord: "announce = false\ncommands = \"off\"\nqueue_position = true",
+        workers: 1,
+        step_ms: 100,
+        ..BotOptions::default()
+    })
+    .await;
+    // The first job runs (dispatched) before the others are asked for.
+    let first = bot.fake.message(ART, &alice(), "/art one --steps 40").await;
+    bot.expect(ART, first, &["+👍", "+⏱️"]).await;
+    let second = bot.fake.message(ART, &alice(), "/art two --steps 2").await;
+    bot.expect(ART, second, &["+👍", "reply:Queued: position 2"])
+        .await;
+    let third = bot.fake.message(ART, &bob(), "/art three --steps 2").await;
+    bot.expect(ART, third, &["+👍", "reply:Queued: position 3"])
+        .await;
+    // /art says it in its deferred reply.
+    let (slash, token) = bot
+        .fake
+        .slash_command(
+            Some(GUILD),
+            ART,
+            &alice(),
+            "art",
+            json!([
+                {"name": "prompt", "type": 3, "value": "four"},
+                {"name": "steps", "type": 4, "value": 2},
+            ]),
+        )
+        .await;
+    let original = format!("/api/v10/webhooks/{APP}/{token}/messages/@original");
+    bot.fake
+        .wait_for_calls(1, |c| c.is("PATCH", &original), TIMEOUT)
+        .await;
+    let calls = interaction_calls(&bot.fake, slash, &token);
+    let acknowledged = calls[1].1["content"].as_str().unwrap();
+    assert!(
+        acknowledged.starts_with("Queued `") && acknowledged.ends_with("` (position 4): four"),
+        "{acknowledged}"
+    );
+    // Each still gets the seed's answer; the first, alone in line, was told no position.
+    let args = |p: &str, steps: u32| format!("{{'prompt': '{p}', 'cfg': 7.5, 'steps': {steps}}}");
+    bot.expect(
+        ART,
+        first,
+        &finished(&args("one", 40))
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let mut second_seen = vec!["+👍".to_owned(), "reply:Queued: position 2".to_owned()];
+    second_seen.extend(finished(&args("two", 2)).into_iter().skip(1));
+    bot.expect(
+        ART,
+        second,
+        &second_seen.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn queue_position_is_off_by_default() {
+    let bot = start_bot(BotOptions {
+        discord: "announce = false\ncommands = \"off\"",
+        workers: 1,
+        step_ms: 100,
+        ..BotOptions::default()
+    })
+    .await;
+    let first = bot.fake.message(ART, &alice(), "/art one --steps 20").await;
+    bot.expect(ART, first, &["+👍", "+⏱️"]).await;
+    let second = bot.fake.message(ART, &alice(), "/art two --steps 2").await;
+    let args = "{'prompt': 'two', 'cfg': 7.5, 'steps': 2}";
+    bot.expect(
+        ART,
+        second,
+        &finished(args)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    // And no progress message either.
+    assert_eq!(
+        bot.fake.count_calls(|c| c.method == "PATCH"),
+        0,
+        "nothing edited"
+    );
 }

@@ -183,6 +183,8 @@ pub struct RestCall {
     pub status: u16,
     /// JSON body the fake answered with (`None` for 204).
     pub response: Option<Value>,
+    /// When the fake had read the request.
+    pub at: std::time::Instant,
 }
 
 impl RestCall {
@@ -1497,6 +1499,7 @@ async fn rest_handler(State(shared): State<Arc<Shared>>, request: Request) -> Re
         authorization,
         status: 0,
         response: None,
+        at: std::time::Instant::now(),
     };
 
     // Uploaded attachments are served back at their URL.

@@ -257,6 +257,13 @@ pub struct Discord {
     /// Back-off unit after a Discord server error, in milliseconds: the wait after try `n`
     /// (from 0) is `unit * (1 + 2n)`, i.e. 1, 3, 5, 7, 9 s by default.
     pub server_error_backoff_ms: u64,
+    /// Say a queued job's place in line ("Queued: position N") when jobs are ahead of it. Off
+    /// by default: the seed says nothing more when a job is queued.
+    pub queue_position: bool,
+    /// One progress message per job, edited as the steps advance ("⏱️ step 12/30", with the
+    /// live preview when there is one; at most one edit every 2 s) and replaced by the result.
+    /// Off by default: the seed shows progress by reactions alone.
+    pub progress: bool,
     /// `[discord.settings]`.
     pub settings: DiscordSettings,
     /// `[discord.style]`.
@@ -276,6 +283,8 @@ impl Default for Discord {
             gateway: true,
             rest_tries: 5,
             server_error_backoff_ms: 1000,
+            queue_position: false,
+            progress: false,
             settings: DiscordSettings::default(),
             style: DiscordStyle::default(),
         }
@@ -1306,6 +1315,18 @@ mod tests {
     #[test]
     fn empty_file_is_all_defaults() {
         assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn discord_progress_and_queue_position_are_off_unless_asked() {
+        let default = parse("").unwrap().discord;
+        assert!(!default.progress && !default.queue_position);
+        let on = parse("[discord]\nprogress = true\nqueue_position = true\n").unwrap();
+        assert!(on.discord.progress && on.discord.queue_position);
+        let err = parse("[discord]\nprogres = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown key `discord.progres`"), "{err}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use twilight_model::id::marker::{
 use twilight_model::user::User;
 
 use super::Bot;
+use super::progress::ProgressMessage;
 use crate::accounts::role;
 use crate::intake::{self, Admitted, FrontEnd, LimitExceeded, Refusal};
 use crate::jobs::{EventKind, JobEvent, JobWatch, Origin};
@@ -27,7 +28,7 @@ use crate::plugins::{Action, Caller, JobRequest, Outcome, Stage};
 /// Discord's longest message.
 const MAX_CONTENT: usize = 2000;
 /// Interaction tokens live 15 minutes; past this, results go to the channel instead.
-const TOKEN_LIFETIME: Duration = Duration::from_secs(14 * 60 + 30);
+pub(super) const TOKEN_LIFETIME: Duration = Duration::from_secs(14 * 60 + 30);
 /// Progress is shown to the reactions plugin at most this often per job.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Custom id prefixes of the result buttons.
@@ -287,7 +288,10 @@ impl Bot {
     }
 
     /// Through the intake (model policy, limits, queue); a refusal is shown with the
-    /// `rejected` stage, a queued job is followed until it ends.
+    /// `rejected` stage, a queued job is followed until it ends. A `/art` job's deferred reply
+    /// says "Queued `<job>`: <prompt>" before it is followed. With `[discord] queue_position`, a
+    /// job with others ahead of it says so: a reply "Queued: position N" to a message, or
+    /// "Queued `<job>` (position N): <prompt>" for `/art` (see [`Bot::position`]).
     pub(super) async fn submit(
         self: &Arc<Self>,
         admitted: &Admitted,
@@ -296,6 +300,7 @@ impl Bot {
         target: Target,
     ) -> Option<String> {
         let caller = admitted.plugin_caller();
+        let prompt = request.prompt.clone();
         let submitted = self
             .intake
             .submit_and_watch(
@@ -342,9 +347,55 @@ impl Bot {
             &[(Stage::Queued, &lines)],
         )
         .await;
+        let position = self.position(&job_id).await;
+        let ack = match &followed.target {
+            Target::Interaction {
+                application, token, ..
+            } => {
+                let text = match position {
+                    Some(n) => format!("Queued `{job_id}` (position {n}): {prompt}"),
+                    None => format!("Queued `{job_id}`: {prompt}"),
+                };
+                let text: String = text.chars().take(MAX_CONTENT).collect();
+                if let Err(err) = self
+                    .http()
+                    .interaction(*application)
+                    .update_response(token)
+                    .content(Some(&text))
+                    .await
+                {
+                    tracing::warn!(error = %err, "cannot update an interaction response");
+                }
+                Some(text)
+            }
+            target => {
+                if let Some(n) = position {
+                    self.reply(target, &format!("Queued: position {n}"), None)
+                        .await;
+                }
+                None
+            }
+        };
         let watch = submitted.watch.expect("asked for a watch");
-        tokio::spawn(self.clone().follow(watch, followed));
+        tokio::spawn(self.clone().follow(watch, followed, ack));
         Some(job_id)
+    }
+
+    /// With `[discord] queue_position`, a queued job's place in line when it is not first: 1 +
+    /// the jobs ahead of it in claim order that are still queued or already running (exact,
+    /// read from the store just after the job was queued). `None` when the switch is off, the
+    /// job is first, or the store cannot say.
+    async fn position(&self, job_id: &str) -> Option<u64> {
+        if !self.settings.queue_position {
+            return None;
+        }
+        match self.jobs.queue_position(job_id).await {
+            Ok(position) => position.filter(|n| *n > 1),
+            Err(err) => {
+                tracing::warn!(job_id, error = %err, "cannot read a job's place in line");
+                None
+            }
+        }
     }
 
     /// Asks the reactions plugin about each stage in turn and carries the actions out.
@@ -415,7 +466,7 @@ impl Bot {
     }
 
     /// One reply (in several messages if long); the picture goes with the first.
-    async fn reply(&self, target: &Target, text: &str, result: Option<(&str, Vec<u8>)>) {
+    pub(super) async fn reply(&self, target: &Target, text: &str, result: Option<(&str, Vec<u8>)>) {
         let (attachments, components) = match result {
             Some((job_id, png)) => (
                 vec![Attachment::from_bytes(format!("{job_id}.png"), png, 1)],
@@ -520,11 +571,16 @@ impl Bot {
         }
     }
 
-    /// Shows a followed job's stages as its events arrive, until it ends.
-    async fn follow(self: Arc<Self>, mut watch: JobWatch, followed: Followed) {
+    /// Shows a followed job's stages as its events arrive, until it ends. `ack`: what a `/art`
+    /// deferred reply says (restored when progress was shown in it).
+    async fn follow(self: Arc<Self>, mut watch: JobWatch, followed: Followed, ack: Option<String>) {
         let mut last_progress: Option<Instant> = None;
+        let mut progress = self.settings.progress.then(|| ProgressMessage::new(ack));
         while let Some(event) = watch.next().await {
-            if self.show(&followed, event, &mut last_progress).await {
+            if self
+                .show(&followed, event, &mut last_progress, progress.as_mut())
+                .await
+            {
                 break;
             }
         }
@@ -536,9 +592,17 @@ impl Bot {
         f: &Followed,
         event: JobEvent,
         last_progress: &mut Option<Instant>,
+        mut progress: Option<&mut ProgressMessage>,
     ) -> bool {
         let request = Some(&f.request);
         let job_id = event.job.as_str();
+        let ends = matches!(
+            event.kind,
+            EventKind::Finished { .. } | EventKind::Failed { .. } | EventKind::Interrupted { .. }
+        );
+        if ends && let Some(progress) = progress.as_deref_mut() {
+            self.end_progress(&f.target, progress).await;
+        }
         match event.kind {
             EventKind::Started { backend, .. } => {
                 self.stages(
@@ -550,7 +614,15 @@ impl Bot {
                 .await;
                 false
             }
-            EventKind::Progress { step, total, .. } => {
+            EventKind::Progress {
+                step,
+                total,
+                preview,
+            } => {
+                if let Some(progress) = progress {
+                    self.show_progress(&f.target, progress, job_id, (step, total, preview))
+                        .await;
+                }
                 if last_progress.is_none_or(|at| at.elapsed() >= PROGRESS_EVERY) {
                     *last_progress = Some(Instant::now());
                     let info = format!("{step}/{total}");
@@ -637,7 +709,7 @@ impl Bot {
                 target,
             };
             let watch = self.jobs.watch(row.id.as_str().into());
-            tokio::spawn(self.clone().follow(watch, followed));
+            tokio::spawn(self.clone().follow(watch, followed, None));
         }
     }
 }

@@ -9,10 +9,15 @@
 //! (`discord:<channel>:<message>`) is stored with it, so jobs queued before a restart are
 //! followed again at start and still reach their message. Rate limits (429 with
 //! `retry_after`) are twilight's; a dropped gateway connection is resumed by the shard.
+//!
+//! Off by default, as the seed had neither: `[discord] queue_position` tells a job its place
+//! in line when others are ahead (flow.rs, `Bot::position`), and `[discord] progress` follows
+//! a running job in one message edited at most every 2 s (progress.rs).
 
 mod flow;
 mod messenger;
 mod places;
+mod progress;
 mod slash;
 
 use std::collections::HashSet;
@@ -56,6 +61,10 @@ struct Settings {
     announce: bool,
     threads_own: bool,
     commands: Commands,
+    /// `[discord] queue_position`.
+    queue_position: bool,
+    /// `[discord] progress`.
+    progress: bool,
 }
 
 /// What the front end works with: the services it calls and the read handles it reads.
@@ -177,6 +186,8 @@ pub fn start(
             announce: discord.announce,
             threads_own: discord.threads == Threads::Own,
             commands: discord.commands,
+            queue_position: discord.queue_position,
+            progress: discord.progress,
         },
         announced: Mutex::new(HashSet::new()),
     });

@@ -296,12 +296,15 @@ impl Bot {
                     created: received,
                 };
                 let prompt = request.prompt.clone();
-                let queued = self.submit(&admitted, request, Vec::new(), target).await;
-                let text = match queued {
-                    Some(job) => format!("Queued `{job}`: {prompt}"),
-                    None => format!("Not queued: {prompt}"),
-                };
-                update(text.chars().take(2000).collect()).await;
+                // A queued job's deferred reply is updated by `submit`, before it is followed.
+                if self
+                    .submit(&admitted, request, Vec::new(), target)
+                    .await
+                    .is_none()
+                {
+                    let text = format!("Not queued: {prompt}");
+                    update(text.chars().take(2000).collect()).await;
+                }
             }
             (InteractionType::MessageComponent, Some(InteractionData::MessageComponent(data))) => {
                 if let Some(job_id) = data.custom_id.strip_prefix(REROLL) {

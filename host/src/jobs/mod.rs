@@ -196,6 +196,13 @@ impl JobReader {
         Ok(self.store.job_meta(id).await?)
     }
 
+    /// A job's place in line: 1 + the queued and running jobs ahead of it in claim order
+    /// (exact, read from the store); `None` for an unknown job.
+    pub async fn queue_position(&self, id: &str) -> Result<Option<u64>, JobError> {
+        let ahead = self.store.jobs_ahead(id).await?;
+        Ok(ahead.map(|n| u64::try_from(n).unwrap_or(0) + 1))
+    }
+
     /// Queued and running jobs whose stored origin starts with `prefix`, oldest first.
     pub async fn unfinished_from(&self, prefix: &str) -> Result<Vec<JobRow>, JobError> {
         Ok(self.store.unfinished_jobs_from(prefix).await?)

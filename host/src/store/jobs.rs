@@ -270,6 +270,22 @@ impl Store {
         Ok(n)
     }
 
+    /// Queued and running jobs ahead of job `id` in claim order (the queue's `seq`); `None`
+    /// when there is no such job. Two indexed reads, for "Queued: position N".
+    pub async fn jobs_ahead(&self, id: &str) -> Result<Option<i64>> {
+        let seq_of = self.sql("SELECT seq FROM jobs WHERE id = ?");
+        let seq: Option<i64> = on_pool!(self, pool => {
+            sqlx::query_scalar(seq_of).bind(id).fetch_optional(pool).await?
+        });
+        let Some(seq) = seq else { return Ok(None) };
+        let count =
+            self.sql("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running') AND seq < ?");
+        let n: i64 = on_pool!(self, pool => {
+            sqlx::query_scalar(count).bind(seq).fetch_one(pool).await?
+        });
+        Ok(Some(n))
+    }
+
     /// Claims the oldest queued job for `backend` on `host`.
     pub async fn claim_job(&self, host: &str, backend: &str) -> Result<Option<JobRow>> {
         Ok(self
