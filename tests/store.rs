@@ -638,8 +638,13 @@ async fn galleries_and_enrolment(engine: Engine) {
             .unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
+    assert_eq!(store.jobs_ahead("g0").await.unwrap(), Some(0));
+    assert_eq!(store.jobs_ahead("g3").await.unwrap(), Some(3));
+    assert_eq!(store.jobs_ahead("nope").await.unwrap(), None);
     let claimed = store.claim_job("h", "w").await.unwrap().unwrap();
     assert_eq!(claimed.id, "g0");
+    // A running job is still ahead in line.
+    assert_eq!(store.jobs_ahead("g2").await.unwrap(), Some(2));
     let png = b"png".to_vec();
     store
         .finish_jobs(&[Completion {
