@@ -874,6 +874,20 @@ async fn resume_after_a_dropped_connection_and_a_429() {
         .map(|c| c.status)
         .collect();
     assert_eq!(statuses, [429, 204]);
+    // /metrics: the session is up again.
+    let text = easel::forge::http_client()
+        .get(bot.server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines.contains(&"easel_discord_gateway_connected 1"),
+        "{text}"
+    );
 }
 
 /// The bot's reply to `message` whose content starts with `prefix`, and its id.

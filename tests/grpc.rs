@@ -364,6 +364,20 @@ async fn rate_limits_are_waited_out_within_the_clients_deadline() {
     assert_eq!(sent["ok"]["content"], "after the wait", "{sent}");
     assert!(started.elapsed() >= Duration::from_millis(400));
     assert_eq!(proxy.rest_calls("GET", &path), 2, "one 429, one retry");
+    let metrics = easel::forge::http_client()
+        .get(proxy.server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "easel_discord_rest_429_total 1"),
+        "the 429 is counted:\n{metrics}"
+    );
 
     // A wait longer than the client's deadline: the client's timeout error.
     proxy.fake.rate_limit_next("GET", &path, 3.0);

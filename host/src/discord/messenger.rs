@@ -226,10 +226,19 @@ impl Messenger {
             let attempts = Arc::new(AtomicU32::new(0));
             let seen = attempts.clone();
             future.set_pre_flight(move || seen.fetch_add(1, Ordering::Relaxed) < tries);
-            let err = match future.await {
+            let done = future.await;
+            // Every attempt after the first was a 429 twilight waited out.
+            let waited = attempts.load(Ordering::Relaxed).saturating_sub(1);
+            if waited > 0 {
+                metrics::counter!("easel_discord_rest_429_total").increment(u64::from(waited));
+            }
+            let err = match done {
                 Ok(response) => return Ok(response),
                 Err(err) => err,
             };
+            if matches!(err.kind(), ErrorType::Response { status, .. } if status.get() == 429) {
+                metrics::counter!("easel_discord_rest_429_total").increment(1);
+            }
             let failure = match err.kind() {
                 ErrorType::Response { body, status, .. } => http_error(status.get(), body),
                 ErrorType::RequestCanceled => SendError::Http {

@@ -216,6 +216,7 @@ async fn gateway_loop(bot: Arc<Bot>, mut shard: Shard, mut stopped: watch::Recei
         let next = tokio::select! {
             _ = stopped.changed() => {
                 shard.close(CloseFrame::NORMAL);
+                metrics::gauge!("easel_discord_gateway_connected").set(0.0);
                 // Let the close frame go out.
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(2), shard.next_event(flags)).await;
                 return;
@@ -227,6 +228,7 @@ async fn gateway_loop(bot: Arc<Bot>, mut shard: Shard, mut stopped: watch::Recei
             Some(Ok(event)) => event,
             Some(Err(err)) => {
                 tracing::warn!(error = %err, "Discord gateway error; the shard reconnects");
+                metrics::gauge!("easel_discord_gateway_connected").set(0.0);
                 continue;
             }
         };
@@ -247,13 +249,17 @@ impl Bot {
                     application: ready.application.id,
                 };
                 let _ = self.me.set(me);
+                metrics::gauge!("easel_discord_gateway_connected").set(1.0);
                 tracing::info!(user = %ready.user.name, guilds = ready.guilds.len(), "Discord ready");
                 if self.settings.commands == Commands::Global {
                     let bot = self.clone();
                     tokio::spawn(async move { bot.register_commands(None).await });
                 }
             }
-            Event::Resumed => tracing::info!("Discord session resumed"),
+            Event::Resumed => {
+                metrics::gauge!("easel_discord_gateway_connected").set(1.0);
+                tracing::info!("Discord session resumed");
+            }
             Event::GuildCreate(guild) => {
                 if let twilight_model::gateway::payload::incoming::GuildCreate::Available(guild) =
                     &*guild

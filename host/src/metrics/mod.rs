@@ -160,6 +160,16 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         "Plugin calls that waited for a free instance",
     ),
     (
+        "easel_discord_gateway_connected",
+        "gauge",
+        "1 while the Discord gateway session is ready (0 after an error, until it resumes)",
+    ),
+    (
+        "easel_discord_rest_429_total",
+        "counter",
+        "Discord REST 429s (rate limited) met by the gRPC API's sends, waited out or given up",
+    ),
+    (
         "easel_http_requests_total",
         "counter",
         "HTTP requests, by route template, method and status",
