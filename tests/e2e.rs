@@ -578,3 +578,53 @@ async fn health_and_readiness() {
         json!(["no plugin serves access (no-such-plugin is not loaded)"])
     );
 }
+
+#[tokio::test]
+async fn status_shows_the_queue_backends_and_plugins() {
+    let dir = tempfile::tempdir().unwrap();
+    // One slow simulated worker: one job runs, the next waits.
+    let server = start(dir.path(), 200).await;
+    let first = server
+        .queue(json!({"model_name": "m", "prompt": "slow fox", "steps": 50, "width": 64, "height": 48}))
+        .await;
+    let second = server
+        .queue(json!({"model_name": "m", "prompt": "next fox", "steps": 50, "width": 64, "height": 48}))
+        .await;
+    let status = |token: &str| {
+        let out = std::process::Command::new(common::easel_bin())
+            .args(["status", "--url", &server.url(""), "--config"])
+            .arg(dir.path().join("config.toml"))
+            .env("SUPERUSER_ADMIN_TOKEN", token)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let screen = loop {
+        let (ok, screen, err) = status(&server.token);
+        assert!(ok, "{err}");
+        if screen.contains("running") || std::time::Instant::now() > deadline {
+            break screen;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let first = first["job_id"].as_str().unwrap();
+    let second = second["job_id"].as_str().unwrap();
+    assert!(screen.contains("running"), "{screen}");
+    assert!(
+        screen.contains(first) && screen.contains(second),
+        "{screen}"
+    );
+    assert!(screen.contains("64x48"), "{screen}");
+    assert!(screen.contains("BACKENDS"), "{screen}");
+    assert!(screen.contains("worker pool: 0 connected"), "{screen}");
+    assert!(screen.contains("PLUGINS"), "{screen}");
+    assert!(screen.contains("parser"), "{screen}");
+    let (ok, _, err) = status("not-the-token");
+    assert!(!ok);
+    assert!(err.contains("answered 401"), "{err}");
+}

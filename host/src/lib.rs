@@ -39,6 +39,7 @@ pub mod metrics;
 pub mod plugins;
 pub mod server;
 pub mod sim;
+pub mod status;
 pub mod store;
 pub mod workers;
 

@@ -90,6 +90,20 @@ enum Command {
         #[arg(long, default_value_t = 50051)]
         port: u16,
     },
+    /// One screen of what a running server is doing: queue, backends, plugins (its admin API,
+    /// with the superuser token: env SUPERUSER_ADMIN_TOKEN, else the config's token or token
+    /// file; or an administrator's JWT in env EASEL_TOKEN).
+    Status {
+        /// The server's HTTP base URL (default: the config's `[api] bind` and `http_port`).
+        #[arg(long)]
+        url: Option<String>,
+        /// The configuration file (default config.toml when it exists).
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Refresh every 2 seconds until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Inspect and try plugins without a running server.
     Plugin {
         #[command(subcommand)]
@@ -503,6 +517,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Status { url, config, watch } => status_command(url, config, watch),
         Command::Plugin { what } => match plugin_command(what) {
             Ok(()) => ExitCode::SUCCESS,
             Err(code) => code,
@@ -646,5 +661,66 @@ fn main() -> ExitCode {
                 easel::server::run(config, Some(path), shutdown_signal()),
             )
         }
+    }
+}
+
+/// `easel status`.
+fn status_command(url: Option<String>, config: Option<PathBuf>, watch: bool) -> ExitCode {
+    let must_exist = config.is_some();
+    let path = config.unwrap_or_else(|| PathBuf::from("config.toml"));
+    let config = match Config::load(&path, must_exist) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(2);
+        }
+    };
+    let base = url.unwrap_or_else(|| {
+        let host = match config.api.bind.as_str() {
+            "0.0.0.0" | "::" => "127.0.0.1",
+            other => other,
+        };
+        format!("http://{host}:{}", config.api.http_port)
+    });
+    // Tokens come from the environment or files, never the command line (it shows in `ps`).
+    let authorization = match std::env::var("EASEL_TOKEN").ok().filter(|t| !t.is_empty()) {
+        Some(jwt) => format!("Bearer {jwt}"),
+        None if !config.api.superuser_token.is_empty() => config.api.superuser_token.clone(),
+        None => match std::fs::read_to_string(&config.api.superuser_token_file) {
+            Ok(token) if !token.trim().is_empty() => token.trim().to_owned(),
+            _ => {
+                eprintln!(
+                    "easel status: no credentials: set SUPERUSER_ADMIN_TOKEN or EASEL_TOKEN (an \
+                     administrator's JWT), or run it where {} is",
+                    config.api.superuser_token_file
+                );
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    loop {
+        match runtime.block_on(easel::status::fetch(&base, &authorization)) {
+            Ok(snapshot) => {
+                if watch {
+                    // Clear the screen and go home.
+                    print!("\x1b[2J\x1b[H");
+                }
+                print!("{}", easel::status::render(&snapshot));
+            }
+            Err(err) => {
+                eprintln!("easel status: {err}");
+                if !watch {
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        if !watch {
+            return ExitCode::SUCCESS;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
     }
 }

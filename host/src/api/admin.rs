@@ -272,8 +272,82 @@ pub(super) async fn backends(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     administrator(&state, &headers, "view backends").await?;
+    let workers = state.pool.as_deref().map(|pool| {
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        json!({
+            "connected": get(&pool.connected),
+            "busy": get(&pool.busy),
+            "dispatched": get(&pool.dispatched),
+            "finished": get(&pool.finished),
+            "requeued": get(&pool.requeued),
+            "failed": get(&pool.failed),
+            "dropped": get(&pool.dropped),
+        })
+    });
     Ok(Json(json!({
         "backends": state.backends,
         "forge": state.offer.states(),
+        "workers": workers,
     })))
+}
+
+/// Most jobs `GET /api/admin/queue` lists.
+const QUEUE_SHOWN: i64 = 500;
+
+/// `GET /api/admin/queue`: the queue as it stands (role ≥ 3).
+#[utoipa::path(
+    get,
+    path = "/api/admin/queue",
+    tag = "admin",
+    summary = "The queue",
+    description = "Running jobs, then queued ones in the order backends will claim them (at most \
+        500): position, owner, front end, model, size, state, age, backend, attempts.",
+    security(("bearer" = []), ("superuser" = [])),
+    responses(
+        (status = 200, description = "The queue", body = openapi::Queue),
+        (status = 401, description = "No or refused credentials", body = openapi::Unauthorized),
+        (status = 403, description = "The user is disabled, or has a role below 3", body = openapi::Forbidden,
+            example = json!({"error": "You do not have permission to view the queue!"})),
+        (status = 500, description = "The store failed", body = openapi::ErrorBody),
+    )
+)]
+pub(super) async fn queue(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    administrator(&state, &headers, "view the queue").await?;
+    let rows = state
+        .jobs
+        .unfinished(QUEUE_SHOWN)
+        .await
+        .map_err(ApiError::internal)?;
+    let now = crate::store::now_ms();
+    let mut position = 0;
+    let jobs: Vec<Value> = rows
+        .iter()
+        .map(|row| {
+            let running = row.status == "running";
+            if !running {
+                position += 1;
+            }
+            let request: Option<crate::jobs::Txt2Img> = serde_json::from_str(&row.request).ok();
+            let origin = crate::jobs::Origin::parse(row.origin.as_deref());
+            json!({
+                "position": if running { 0 } else { position },
+                "id": row.id,
+                "state": row.status,
+                "owner_id": row.owner_id,
+                "front_end": crate::metrics::front_end(&origin),
+                "model": row.model,
+                "width": request.as_ref().map_or(0, |r| r.width),
+                "height": request.as_ref().map_or(0, |r| r.height),
+                "age_s": (now - row.created_at).max(0) as f64 / 1000.0,
+                "backend": if running { row.backend.clone() } else { None },
+                "attempts": row.attempts,
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({"queued": state.jobs.queue_depth(), "jobs": jobs}),
+    ))
 }

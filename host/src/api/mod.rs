@@ -143,6 +143,7 @@ fn app() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::set_role))
         .routes(routes!(admin::plugins))
         .routes(routes!(admin::backends))
+        .routes(routes!(admin::queue))
         .routes(routes!(civitai::loras))
         .routes(routes!(civitai::set_override))
         .routes(routes!(civitai::embeddings))

@@ -767,6 +767,47 @@ pub(super) struct Backends {
     /// `model_swaps`, `faults`, `last_error`.
     #[schema(value_type = Vec<Object>)]
     forge: serde_json::Value,
+    /// The ZeroMQ worker pool's counters (`connected`, `busy`, `dispatched`, `finished`,
+    /// `requeued`, `failed`, `dropped`); `null` when the pool is off.
+    #[schema(value_type = Object, nullable = true)]
+    workers: serde_json::Value,
+}
+
+/// One job of `GET /api/admin/queue`.
+#[derive(ToSchema)]
+pub(super) struct QueuedJob {
+    /// 0 while running; 1, 2, … in line.
+    position: i64,
+    /// The job id.
+    id: String,
+    /// `queued` or `running`.
+    state: String,
+    /// Who asked.
+    owner_id: String,
+    /// `http`, `discord`, `grpc` or `internal`.
+    front_end: String,
+    /// The model asked for (`""`: the backend's default).
+    model: String,
+    /// Pixels.
+    width: u32,
+    /// Pixels.
+    height: u32,
+    /// Seconds since it was queued.
+    age_s: f64,
+    /// The backend running it.
+    #[schema(nullable = true)]
+    backend: Option<String>,
+    /// Claims so far.
+    attempts: i64,
+}
+
+/// `GET /api/admin/queue`.
+#[derive(ToSchema)]
+pub(super) struct Queue {
+    /// Jobs waiting (this host's count).
+    queued: u64,
+    /// Running jobs, then queued ones in claim order.
+    jobs: Vec<QueuedJob>,
 }
 
 #[cfg(test)]

@@ -186,6 +186,11 @@ impl JobReader {
         self.queued.load(Ordering::Relaxed).max(0) as u64
     }
 
+    /// Running jobs, then queued ones, in claim order, at most `limit`.
+    pub async fn unfinished(&self, limit: i64) -> Result<Vec<JobRow>, JobError> {
+        Ok(self.store.unfinished_jobs(limit).await?)
+    }
+
     /// Whether the store answers.
     pub async fn ping(&self) -> Result<(), JobError> {
         Ok(self.store.ping().await?)

@@ -261,6 +261,19 @@ impl Store {
         Ok(rows)
     }
 
+    /// The queue as it stands: running jobs, then queued ones, each in claim order, at most
+    /// `limit` (for the admin view).
+    pub async fn unfinished_jobs(&self, limit: i64) -> Result<Vec<JobRow>> {
+        let sql = self.sql(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ('queued', 'running') \
+             ORDER BY CASE WHEN status = 'running' THEN 0 ELSE 1 END, seq LIMIT ?"
+        ));
+        let rows = on_pool!(self, pool => {
+            sqlx::query_as::<_, JobRow>(sql).bind(limit).fetch_all(pool).await?
+        });
+        Ok(rows)
+    }
+
     /// Number of jobs with `status`.
     pub async fn count_jobs(&self, status: JobStatus) -> Result<i64> {
         let sql = self.sql("SELECT COUNT(*) FROM jobs WHERE status = ?");
