@@ -685,10 +685,9 @@ fn status_command(url: Option<String>, config: Option<PathBuf>, watch: bool) -> 
     // Tokens come from the environment or files, never the command line (it shows in `ps`).
     let authorization = match std::env::var("EASEL_TOKEN").ok().filter(|t| !t.is_empty()) {
         Some(jwt) => format!("Bearer {jwt}"),
-        None if !config.api.superuser_token.is_empty() => config.api.superuser_token.clone(),
-        None => match std::fs::read_to_string(&config.api.superuser_token_file) {
-            Ok(token) if !token.trim().is_empty() => token.trim().to_owned(),
-            _ => {
+        None => match easel::server::existing_superuser_token(&config) {
+            Some(token) => token,
+            None => {
                 eprintln!(
                     "easel status: no credentials: set SUPERUSER_ADMIN_TOKEN or EASEL_TOKEN (an \
                      administrator's JWT), or run it where {} is",

@@ -272,18 +272,10 @@ pub(super) async fn backends(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     administrator(&state, &headers, "view backends").await?;
-    let workers = state.pool.as_deref().map(|pool| {
-        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-        json!({
-            "connected": get(&pool.connected),
-            "busy": get(&pool.busy),
-            "dispatched": get(&pool.dispatched),
-            "finished": get(&pool.finished),
-            "requeued": get(&pool.requeued),
-            "failed": get(&pool.failed),
-            "dropped": get(&pool.dropped),
-        })
-    });
+    let workers = state
+        .pool
+        .as_deref()
+        .map(crate::workers::PoolStats::snapshot);
     Ok(Json(json!({
         "backends": state.backends,
         "forge": state.offer.states(),
@@ -337,7 +329,7 @@ pub(super) async fn queue(
                 "id": row.id,
                 "state": row.status,
                 "owner_id": row.owner_id,
-                "front_end": crate::metrics::front_end(&origin),
+                "front_end": origin.front_end(),
                 "model": row.model,
                 "width": request.as_ref().map_or(0, |r| r.width),
                 "height": request.as_ref().map_or(0, |r| r.height),

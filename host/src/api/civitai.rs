@@ -129,11 +129,7 @@ pub(super) async fn set_override(
 pub(super) async fn embeddings(State(state): State<AppState>) -> Response {
     match state.offer.embeddings().await {
         Ok(names) => Json(&*names).into_response(),
-        Err(err) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({"error": err.to_string()})),
-        )
-            .into_response(),
+        Err(err) => super::lists::error(StatusCode::INTERNAL_SERVER_ERROR, err),
     }
 }
 
@@ -178,10 +174,6 @@ pub(super) async fn downloads_enabled(
     }))
 }
 
-fn message(status: StatusCode, text: &str) -> ApiError {
-    ApiError::new(status, json!({"message": text}))
-}
-
 /// `GET /3papi/civitai/download/:modelVersionId` (role ≥ 2): `202` with the download, which
 /// then runs in the background.
 #[utoipa::path(
@@ -216,7 +208,7 @@ pub(super) async fn download(
 ) -> Result<Response, ApiError> {
     let user = state.auth.authenticate(&headers, &state.accounts).await?;
     if user.role < ARTIFICER {
-        return Err(message(
+        return Err(ApiError::message(
             StatusCode::FORBIDDEN,
             "You are not authorized to download models.",
         ));
@@ -239,23 +231,25 @@ pub(super) async fn download(
 fn refused(refusal: Refusal) -> ApiError {
     use StatusCode as S;
     match refusal {
-        Refusal::NoModelDir => message(S::INTERNAL_SERVER_ERROR, "Model directory not set"),
-        Refusal::NotAuthenticated => {
-            message(S::INTERNAL_SERVER_ERROR, "CivitAI authentication failed")
+        Refusal::NoModelDir => {
+            ApiError::message(S::INTERNAL_SERVER_ERROR, "Model directory not set")
         }
-        Refusal::NotFound => message(S::NOT_FOUND, "Model not found"),
-        Refusal::UnsupportedType(_) => message(S::BAD_REQUEST, "Unsupported model type"),
-        Refusal::NoPrimaryFile => message(S::BAD_REQUEST, "Model has no primary file"),
-        Refusal::BadFileName(_) => message(S::BAD_REQUEST, "Invalid model file name"),
-        Refusal::AlreadyDownloaded => message(S::BAD_REQUEST, "Model already downloaded"),
-        Refusal::Busy => message(S::CONFLICT, "Model is already being downloaded"),
+        Refusal::NotAuthenticated => {
+            ApiError::message(S::INTERNAL_SERVER_ERROR, "CivitAI authentication failed")
+        }
+        Refusal::NotFound => ApiError::message(S::NOT_FOUND, "Model not found"),
+        Refusal::UnsupportedType(_) => ApiError::message(S::BAD_REQUEST, "Unsupported model type"),
+        Refusal::NoPrimaryFile => ApiError::message(S::BAD_REQUEST, "Model has no primary file"),
+        Refusal::BadFileName(_) => ApiError::message(S::BAD_REQUEST, "Invalid model file name"),
+        Refusal::AlreadyDownloaded => ApiError::message(S::BAD_REQUEST, "Model already downloaded"),
+        Refusal::Busy => ApiError::message(S::CONFLICT, "Model is already being downloaded"),
         Refusal::LowStorage { .. } => ApiError::new(
             S::INTERNAL_SERVER_ERROR,
             json!({"message": "Low storage space", "error": "LOW_STORAGE_SPACE"}),
         ),
         err @ (Refusal::Statvfs { .. } | Refusal::Stopped) => {
             tracing::error!(error = %crate::error_chain(&err), "model download not started");
-            message(S::INTERNAL_SERVER_ERROR, "Internal Server Error")
+            ApiError::message(S::INTERNAL_SERVER_ERROR, "Internal Server Error")
         }
     }
 }

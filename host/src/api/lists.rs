@@ -19,7 +19,8 @@ use crate::forge::ListKind;
 /// Samplers shown unless `all` is asked for (Discord autocomplete takes 25).
 const SAMPLERS_SHOWN: usize = 24;
 
-fn error(status: StatusCode, err: impl std::fmt::Display) -> Response {
+/// `{"error": err}` with `status`: how the backend lists report a backend's failure.
+pub(super) fn error(status: StatusCode, err: impl std::fmt::Display) -> Response {
     (status, Json(json!({"error": err.to_string()}))).into_response()
 }
 

@@ -61,7 +61,10 @@ pub(super) async fn metrics(
         &plugins,
         state.plugins.admission().waits,
         &state.offer.states(),
-        state.pool.as_deref(),
+        state
+            .pool
+            .as_deref()
+            .map(crate::workers::PoolStats::snapshot),
     );
     Ok((
         StatusCode::OK,

@@ -304,6 +304,12 @@ impl ApiError {
         Self { status, body }
     }
 
+    /// `{"message": text}` with `status`: the refusal shape of the `/api/user` and `/3papi`
+    /// routes.
+    pub fn message(status: StatusCode, text: &str) -> Self {
+        Self::new(status, json!({"message": text}))
+    }
+
     /// `400 {"error": message}`.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, json!({"error": message.into()}))

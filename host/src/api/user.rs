@@ -19,11 +19,11 @@ const MAX_LIMIT: i64 = 1000;
 
 /// `400 {"message": …}` (this router's error shape, as Navigator's).
 fn bad(message: &str) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, json!({"message": message}))
+    ApiError::message(StatusCode::BAD_REQUEST, message)
 }
 
 fn forbidden(message: &str) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, json!({"message": message}))
+    ApiError::message(StatusCode::FORBIDDEN, message)
 }
 
 fn no_content() -> Response {
@@ -164,10 +164,7 @@ pub(super) async fn image_meta(
     let user = caller(&state, &headers).await?;
     let meta = state.jobs.meta(&id).await.map_err(ApiError::internal)?;
     let Some(meta) = meta else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            json!({"message": "Image not found"}),
-        ));
+        return Err(ApiError::message(StatusCode::NOT_FOUND, "Image not found"));
     };
     if meta.owner_id != user.discord_id {
         return Err(forbidden("You do not own this image"));

@@ -149,6 +149,16 @@ impl Origin {
         }
     }
 
+    /// The front end it came through, as a label: `discord`, `http`, `grpc` or `internal`.
+    pub fn front_end(&self) -> &'static str {
+        match self {
+            Origin::Discord { .. } => "discord",
+            Origin::Http { .. } => "http",
+            Origin::Grpc { .. } => "grpc",
+            Origin::Internal { .. } => "internal",
+        }
+    }
+
     /// The prefix of the stored text of every Discord origin.
     pub const DISCORD_PREFIX: &'static str = "discord:";
 }

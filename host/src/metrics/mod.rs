@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::jobs::{EventKind, JobEvent, JobId, Origin, Received, Subscription};
+use crate::jobs::{EventKind, JobEvent, JobId, Received, Subscription};
 
 /// Upper bounds of the duration histograms, in seconds.
 const BUCKETS: [f64; 14] = [
@@ -240,16 +240,6 @@ fn describe() {
     }
 }
 
-/// The front end a job came from, as a label value.
-pub fn front_end(origin: &Origin) -> &'static str {
-    match origin {
-        Origin::Discord { .. } => "discord",
-        Origin::Http { .. } => "http",
-        Origin::Grpc { .. } => "grpc",
-        Origin::Internal { .. } => "internal",
-    }
-}
-
 /// When this process saw a job queued and claimed.
 #[derive(Default)]
 struct Times {
@@ -273,7 +263,7 @@ fn record(jobs: &mut HashMap<JobId, Times>, event: JobEvent, now: Instant) {
     if jobs.len() >= FOLLOWED {
         jobs.clear();
     }
-    let front_end = front_end(&event.origin);
+    let front_end = event.origin.front_end();
     match event.kind {
         EventKind::Queued => {
             counter!("easel_jobs_queued_total", "front_end" => front_end).increment(1);
@@ -337,17 +327,16 @@ pub fn set_snapshots(
     plugins: &[crate::plugins::PluginStatus],
     admission_waits: u64,
     machines: &[crate::forge::MachineState],
-    pool: Option<&crate::workers::PoolStats>,
+    pool: Option<crate::workers::PoolSnapshot>,
 ) {
     if let Some(pool) = pool {
-        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-        gauge!("easel_workers_connected").set(get(&pool.connected) as f64);
-        gauge!("easel_workers_busy").set(get(&pool.busy) as f64);
-        counter!("easel_worker_jobs_dispatched_total").absolute(get(&pool.dispatched));
-        counter!("easel_worker_jobs_finished_total").absolute(get(&pool.finished));
-        counter!("easel_worker_faults_total").absolute(get(&pool.requeued));
-        counter!("easel_worker_jobs_failed_total").absolute(get(&pool.failed));
-        counter!("easel_worker_frames_dropped_total").absolute(get(&pool.dropped));
+        gauge!("easel_workers_connected").set(pool.connected as f64);
+        gauge!("easel_workers_busy").set(pool.busy as f64);
+        counter!("easel_worker_jobs_dispatched_total").absolute(pool.dispatched);
+        counter!("easel_worker_jobs_finished_total").absolute(pool.finished);
+        counter!("easel_worker_faults_total").absolute(pool.requeued);
+        counter!("easel_worker_jobs_failed_total").absolute(pool.failed);
+        counter!("easel_worker_frames_dropped_total").absolute(pool.dropped);
     }
     gauge!("easel_queue_depth").set(queue_depth as f64);
     for plugin in plugins {

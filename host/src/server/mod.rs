@@ -75,20 +75,29 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "easel".to_owned())
 }
 
+/// The superuser token a server with `config` uses, if there is one yet: the configured one,
+/// else the one in `[api] superuser_token_file` (for tools such as `easel status`).
+pub fn existing_superuser_token(config: &Config) -> Option<String> {
+    if !config.api.superuser_token.is_empty() {
+        return Some(config.api.superuser_token.clone());
+    }
+    let path = Path::new(&config.api.superuser_token_file);
+    let existing = std::fs::read_to_string(path).ok()?;
+    let existing = existing.trim();
+    if existing.is_empty() {
+        return None;
+    }
+    tracing::info!(file = %path.display(), "superuser token read from file");
+    Some(existing.to_owned())
+}
+
 /// The superuser token: the configured one, else the one in `token_file`, else a new random
 /// one written there (mode 0600). The token itself is never logged.
 fn superuser_token(config: &Config) -> Result<String, ServeError> {
-    if !config.api.superuser_token.is_empty() {
-        return Ok(config.api.superuser_token.clone());
+    if let Some(token) = existing_superuser_token(config) {
+        return Ok(token);
     }
     let path = Path::new(&config.api.superuser_token_file);
-    if let Ok(existing) = std::fs::read_to_string(path) {
-        let existing = existing.trim();
-        if !existing.is_empty() {
-            tracing::info!(file = %path.display(), "superuser token read from file");
-            return Ok(existing.to_owned());
-        }
-    }
     let token = format!("{:032x}", rand::random::<u128>());
     write_private(path, &token).map_err(|source| ServeError::TokenFile {
         path: path.display().to_string(),

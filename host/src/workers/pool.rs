@@ -49,23 +49,50 @@ pub struct PoolStats {
     pub dropped: AtomicU64,
 }
 
+/// The pool's counters at one moment (for `/metrics` and `/api/admin/backends`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PoolSnapshot {
+    /// Workers known.
+    pub connected: u64,
+    /// Workers holding a job.
+    pub busy: u64,
+    /// Jobs sent to workers.
+    pub dispatched: u64,
+    /// Results stored.
+    pub finished: u64,
+    /// Jobs put back in the queue after a fault.
+    pub requeued: u64,
+    /// Jobs failed after too many faults.
+    pub failed: u64,
+    /// Malformed frames dropped.
+    pub dropped: u64,
+}
+
 impl PoolStats {
+    /// The counters now.
+    pub fn snapshot(&self) -> PoolSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        PoolSnapshot {
+            connected: get(&self.connected),
+            busy: get(&self.busy),
+            dispatched: get(&self.dispatched),
+            finished: get(&self.finished),
+            requeued: get(&self.requeued),
+            failed: get(&self.failed),
+            dropped: get(&self.dropped),
+        }
+    }
+
     fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// One line for the log.
     pub fn summary(&self) -> String {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let s = self.snapshot();
         format!(
             "workers connected={} busy={} jobs dispatched={} finished={} requeued={} failed={} dropped_frames={}",
-            get(&self.connected),
-            get(&self.busy),
-            get(&self.dispatched),
-            get(&self.finished),
-            get(&self.requeued),
-            get(&self.failed),
-            get(&self.dropped)
+            s.connected, s.busy, s.dispatched, s.finished, s.requeued, s.failed, s.dropped
         )
     }
 }
