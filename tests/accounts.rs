@@ -599,9 +599,8 @@ async fn galleries_pages_and_categories_stay_their_owners() {
         if n < 4 {
             body["categoryId"] = json!(foxes);
         }
+        // One after the other: newest first is queue time, then queue order within a millisecond.
         ids.push(queue(&server, &alice, body).await);
-        // Newest first is by queue time; keep them apart.
-        tokio::time::sleep(Duration::from_millis(3)).await;
     }
     let bobs = queue(
         &server,

@@ -636,7 +636,6 @@ async fn galleries_and_enrolment(engine: Engine) {
             })
             .await
             .unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
     assert_eq!(store.jobs_ahead("g0").await.unwrap(), Some(0));
     assert_eq!(store.jobs_ahead("g3").await.unwrap(), Some(3));
