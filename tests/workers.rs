@@ -493,21 +493,19 @@ async fn worker_token_is_enforced() {
     let server = start(dir.path(), "token = \"sekrit-token\"").await;
     let seed = Peer::seed(&server, "no-token", 0.0);
     let mut wrong = Peer::easel(server.pool_port, &["--backend", "sim"], Some("nope"));
-    let status = tokio::task::spawn_blocking(move || {
-        let status = wrong.child.wait().unwrap();
-        (status, wrong.lines())
-    })
-    .await
-    .unwrap();
-    assert!(!status.0.success());
-    assert!(
-        status
-            .1
-            .iter()
-            .any(|l| l.contains("the host refused this worker: invalid worker token")),
-        "{:?}",
-        status.1
-    );
+    // The reader threads may still be draining the pipes when the process has exited: wait
+    // for the line itself, then for the exit.
+    wrong
+        .wait_for("the refusal", |p| {
+            p.lines()
+                .iter()
+                .any(|l| l.contains("the host refused this worker: invalid worker token"))
+        })
+        .await;
+    let status = tokio::task::spawn_blocking(move || wrong.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(!status.success());
 
     let id = queue(&server, "tokened").await;
     let _right = Peer::easel(
