@@ -703,8 +703,74 @@ async fn galleries_and_enrolment(engine: Engine) {
     db.cleanup().await;
 }
 
+async fn failed_jobs_are_listed_and_requeued(engine: Engine) {
+    let Some(db) = TestDb::create(engine).await else {
+        return;
+    };
+    let store = Arc::new(Store::connect(&db.url).await.unwrap());
+    let s = common::services(store.clone(), "host-a");
+    let first = s.submit(request("first")).await;
+    let second = s.submit(request("second")).await;
+    let port = s.backends.port("sim");
+    let mut leases = port.claim(&Capabilities::any(), 2).await.unwrap();
+    assert_eq!(leases.len(), 2);
+    let second_lease = leases.pop().unwrap();
+    assert!(leases.pop().unwrap().fail("bad prompt").await.unwrap());
+    assert!(second_lease.fail("worse prompt").await.unwrap());
+    let failed = store.recent_jobs(JobStatus::Failed, 10).await.unwrap();
+    let ids: Vec<&str> = failed.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&first.as_str()) && ids.contains(&second.as_str()));
+    assert_eq!(
+        store.recent_jobs(JobStatus::Failed, 1).await.unwrap().len(),
+        1
+    );
+    assert!(
+        store
+            .recent_jobs(JobStatus::Finished, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let mut events = s.jobs.subscribe();
+    assert!(s.jobs.requeue_failed(first.as_str()).await.unwrap());
+    assert!(
+        !s.jobs.requeue_failed(first.as_str()).await.unwrap(),
+        "not failed any more"
+    );
+    assert!(!s.jobs.requeue_failed("nope").await.unwrap());
+    let row = store.job(first.as_str()).await.unwrap().unwrap();
+    assert_eq!(
+        (row.status(), row.faults, row.finished_at),
+        (JobStatus::Queued, 0, None)
+    );
+    match events.recv().await {
+        easel::jobs::Received::Event(event) => {
+            assert_eq!(event.job, first);
+            assert_eq!(event.seq, row.event_seq);
+            assert!(matches!(
+                event.kind,
+                easel::jobs::EventKind::Requeued { .. }
+            ));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Claimable again, at its old place.
+    let lease = port
+        .claim(&Capabilities::any(), 1)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(lease.id(), &first);
+    store.close().await;
+    db.cleanup().await;
+}
+
 per_engine!(
     lifecycle,
+    failed_jobs_are_listed_and_requeued,
     watches_cannot_miss_the_end,
     claims_follow_capabilities,
     batched_inserts_report_taken_ids,

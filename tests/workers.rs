@@ -282,6 +282,31 @@ async fn killed_worker_job_finishes_on_another() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The dashboard's worker list: the rescuer up with one job done, the killed one down
+    // with its fault and why it left.
+    let backends: Value = easel::forge::http_client()
+        .get(server.url("/api/admin/backends"))
+        .header("Authorization", &server.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let list = backends["worker_list"].as_array().unwrap();
+    let by_name = |name: &str| list.iter().find(|w| w["hostname"] == name).unwrap().clone();
+    let rescuer = by_name("rescuer");
+    assert_eq!(
+        (&rescuer["up"], &rescuer["done"], &rescuer["kind"]),
+        (&json!(true), &json!(1), &json!("seed")),
+        "{list:?}"
+    );
+    let doomed = by_name("doomed");
+    assert_eq!(
+        (&doomed["up"], &doomed["faults"]),
+        (&json!(false), &json!(1))
+    );
+    assert_eq!(doomed["left"][0], "worker disconnected", "{doomed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

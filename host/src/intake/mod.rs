@@ -368,6 +368,12 @@ impl Intake {
         self.jobs.interrupt(id).await
     }
 
+    /// Puts a failed job back in the queue (an operator's retry); false when it is not
+    /// failed. Permission is the front end's to check.
+    pub async fn requeue_failed(&self, id: &str) -> Result<bool, crate::jobs::JobError> {
+        self.jobs.requeue_failed(id).await
+    }
+
     /// Deletes `owner`'s job `id` and its picture (stopping it first if it runs); false when
     /// `owner` has no such job.
     pub async fn delete(&self, id: &str, owner: &str) -> Result<bool, crate::jobs::JobError> {

@@ -10,7 +10,11 @@
 //! stop ([`Backends::shutdown`], the one shutdown handle for all of them) or at the next
 //! start. Every settlement is fenced on the claim, so a backend that lost its job changes
 //! nothing.
+//!
+//! An operator drains a backend through [`Drains`] (the dashboard's action): its port then
+//! claims nothing, the jobs it holds run to their end, and it claims again once resumed.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -65,6 +69,7 @@ pub struct BackendPort {
     name: Arc<str>,
     stop: watch::Receiver<bool>,
     work: watch::Receiver<u64>,
+    drained: watch::Receiver<BTreeSet<String>>,
 }
 
 impl BackendPort {
@@ -73,8 +78,17 @@ impl BackendPort {
         &self.name
     }
 
-    /// Claims up to `limit` of the oldest queued jobs this backend can run, oldest first.
+    /// Whether an operator drained this backend (it claims nothing until resumed).
+    pub fn is_drained(&self) -> bool {
+        self.drained.borrow().contains(&*self.name)
+    }
+
+    /// Claims up to `limit` of the oldest queued jobs this backend can run, oldest first;
+    /// none while the backend is drained.
     pub async fn claim(&self, can: &Capabilities, limit: usize) -> Result<Vec<Lease>, JobError> {
+        if self.is_drained() {
+            return Ok(Vec::new());
+        }
         let claims = self
             .jobs
             .claim_many(&self.name, can.filter(), limit)
@@ -88,11 +102,15 @@ impl BackendPort {
             .collect())
     }
 
-    /// The id and model of the oldest queued job this backend could run (not claimed).
+    /// The id and model of the oldest queued job this backend could run (not claimed; none
+    /// while drained).
     pub async fn oldest_queued(
         &self,
         can: &Capabilities,
     ) -> Result<Option<(JobId, String)>, JobError> {
+        if self.is_drained() {
+            return Ok(None);
+        }
         Ok(self
             .jobs
             .store()
@@ -121,11 +139,12 @@ impl BackendPort {
     }
 
     /// Waits until a job may have become claimable (or [`IDLE_RECHECK`] passed, for jobs
-    /// queued by other hosts, or the backends stop).
+    /// queued by other hosts, or the backends stop, or a backend was drained or resumed).
     pub async fn wait_for_work(&mut self) {
         let stop = self.clone();
         let lost = tokio::select! {
             changed = self.work.changed() => changed.is_err(),
+            changed = self.drained.changed() => changed.is_err(),
             () = stop.stopped() => false,
             () = tokio::time::sleep(IDLE_RECHECK) => false,
         };
@@ -336,6 +355,72 @@ pub struct Backends {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     names: Vec<String>,
+    drained: watch::Sender<BTreeSet<String>>,
+}
+
+/// Why a drain or resume was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DrainError {
+    /// No backend of that name runs here.
+    #[error("no backend named {0:?} runs here")]
+    UnknownBackend(String),
+}
+
+/// Drains and resumes backends by name; cheap to clone. A drained backend claims nothing
+/// (what it runs goes on to its end) until resumed.
+#[derive(Clone, Debug)]
+pub struct Drains {
+    names: Arc<[String]>,
+    drained: watch::Sender<BTreeSet<String>>,
+}
+
+impl Drains {
+    /// Stops `backend` claiming jobs; false when it was drained already.
+    pub fn drain(&self, backend: &str) -> Result<bool, DrainError> {
+        self.set(backend, true)
+    }
+
+    /// Lets `backend` claim jobs again; false when it was not drained.
+    pub fn resume(&self, backend: &str) -> Result<bool, DrainError> {
+        self.set(backend, false)
+    }
+
+    /// Whether `backend` is drained.
+    pub fn is_drained(&self, backend: &str) -> bool {
+        self.drained.borrow().contains(backend)
+    }
+
+    /// The backends running, in start order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Resolves at the next drain or resume.
+    pub fn changes(&self) -> watch::Receiver<BTreeSet<String>> {
+        self.drained.subscribe()
+    }
+
+    fn set(&self, backend: &str, drained: bool) -> Result<bool, DrainError> {
+        if !self.names.iter().any(|n| n == backend) {
+            return Err(DrainError::UnknownBackend(backend.to_owned()));
+        }
+        let changed = self.drained.send_if_modified(|set| {
+            if drained {
+                set.insert(backend.to_owned())
+            } else {
+                set.remove(backend)
+            }
+        });
+        if changed {
+            tracing::info!(
+                backend,
+                drained,
+                "backend {}",
+                if drained { "drained" } else { "resumed" }
+            );
+        }
+        Ok(changed)
+    }
 }
 
 impl Backends {
@@ -346,6 +431,15 @@ impl Backends {
             stop: watch::channel(false).0,
             tasks: JoinSet::new(),
             names: Vec::new(),
+            drained: watch::channel(BTreeSet::new()).0,
+        }
+    }
+
+    /// The drain switches of the backends started so far.
+    pub fn drains(&self) -> Drains {
+        Drains {
+            names: self.names.clone().into(),
+            drained: self.drained.clone(),
         }
     }
 
@@ -356,6 +450,7 @@ impl Backends {
             name: Arc::from(name),
             stop: self.stop.subscribe(),
             work: self.jobs.work(),
+            drained: self.drained.subscribe(),
         }
     }
 

@@ -79,10 +79,14 @@ pub enum EventKind {
         /// Why.
         error: String,
     },
-    /// Back in the queue after a failed attempt.
+    /// Back in the queue after a failed attempt, or after it failed for good and an operator
+    /// put it back.
     Requeued {
         /// Why.
         reason: String,
+        /// It had ended (failed) and an operator put it back: a front end that followed it to
+        /// its end follows it again.
+        revived: bool,
     },
     /// Stopped or removed on request.
     Interrupted {
@@ -377,8 +381,10 @@ impl JobWatch {
         }
         let kind = match row.status() {
             JobStatus::Queued if row.attempts == 0 => EventKind::Queued,
+            // A watch that is still reading was not ended by the failure a revival follows.
             JobStatus::Queued => EventKind::Requeued {
                 reason: row.last_error.clone().unwrap_or_default(),
+                revived: false,
             },
             JobStatus::Running => EventKind::Started {
                 backend: Arc::from(row.backend.as_deref().unwrap_or_default()),

@@ -31,7 +31,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub use backend::{
-    Backend, BackendPort, Backends, Capabilities, Expired, Interrupted, Lease, NotStored,
+    Backend, BackendPort, Backends, Capabilities, DrainError, Drains, Expired, Interrupted, Lease,
+    NotStored,
 };
 pub use events::{EventKind, JobEvent, JobWatch, Received, Subscription};
 pub use model::{JobId, Origin, Task, Txt2Img, png_size};
@@ -189,6 +190,11 @@ impl JobReader {
     /// Running jobs, then queued ones, in claim order, at most `limit`.
     pub async fn unfinished(&self, limit: i64) -> Result<Vec<JobRow>, JobError> {
         Ok(self.store.unfinished_jobs(limit).await?)
+    }
+
+    /// The latest `limit` jobs that ended with `status`, newest first.
+    pub async fn recent(&self, status: JobStatus, limit: i64) -> Result<Vec<JobRow>, JobError> {
+        Ok(self.store.recent_jobs(status, limit).await?)
     }
 
     /// Whether the store answers.
@@ -583,6 +589,7 @@ impl JobService {
                     seq,
                     EventKind::Requeued {
                         reason: reason.to_owned(),
+                        revived: false,
                     },
                 );
                 self.wake_backends();
@@ -612,6 +619,7 @@ impl JobService {
                 seq,
                 EventKind::Requeued {
                     reason: why.to_owned(),
+                    revived: false,
                 },
             );
             self.wake_backends();
@@ -662,6 +670,30 @@ impl JobService {
             EventKind::Interrupted { was_running },
         );
         Ok(Some(status))
+    }
+
+    /// Puts a failed job back in the queue (an operator's retry: its fault count starts
+    /// again); false when the job is not failed.
+    pub async fn requeue_failed(&self, id: &str) -> Result<bool, JobError> {
+        const REASON: &str = "requeued by an operator";
+        let Some(before) = self.store.requeue_failed(id, REASON).await? else {
+            return Ok(false);
+        };
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        let id = JobId::from(id);
+        tracing::info!(job_id = %id, "failed job requeued by an operator");
+        let owner: Arc<str> = Arc::from(before.owner_id.as_str());
+        let origin = Arc::new(Origin::parse(before.origin.as_deref()));
+        self.emit(
+            (&id, &owner, &origin),
+            before.event_seq + 1,
+            EventKind::Requeued {
+                reason: REASON.to_owned(),
+                revived: true,
+            },
+        );
+        self.wake_backends();
+        Ok(true)
     }
 
     /// Sets or clears the category of `owner`'s job `id` (and its picture); false when

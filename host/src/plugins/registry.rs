@@ -100,6 +100,8 @@ pub struct Registry {
     /// One permit per instance of the pool: a call holds one while it runs.
     admission: Arc<tokio::sync::Semaphore>,
     admission_stats: AdmissionStats,
+    /// See [`Registry::changes`].
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -136,6 +138,7 @@ impl Registry {
             entries: ArcSwap::from_pointee(HashMap::new()),
             update: Mutex::new(()),
             builtins: Default::default(),
+            changes: tokio::sync::watch::Sender::new(0),
         });
         let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
             Ok(listing) => listing
@@ -170,6 +173,16 @@ impl Registry {
         registry
     }
 
+    /// Bumped after every load, reload, failed load and settings change (the dashboard
+    /// follows it).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     /// The directory it serves.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -188,6 +201,7 @@ impl Registry {
     /// Replaces role assignments and plugin settings; calls that started keep the old ones.
     pub fn set_settings(&self, settings: PluginSettings) {
         self.settings.store(Arc::new(settings));
+        self.changed();
     }
 
     /// The plugin called `name`, in its newest working version.
@@ -343,6 +357,7 @@ impl Registry {
         };
         entries.insert(name, entry);
         self.entries.store(Arc::new(entries));
+        self.changed();
     }
 
     /// Watches the directory and reloads changed files until the returned watcher is dropped.

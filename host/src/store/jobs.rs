@@ -274,6 +274,23 @@ impl Store {
         Ok(rows)
     }
 
+    /// The latest `limit` jobs that ended with `status` (finished, failed…), newest end first
+    /// (for the dashboard's gallery and failures).
+    pub async fn recent_jobs(&self, status: JobStatus, limit: i64) -> Result<Vec<JobRow>> {
+        let sql = self.sql(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? \
+             ORDER BY finished_at DESC, seq DESC LIMIT ?"
+        ));
+        let rows = on_pool!(self, pool => {
+            sqlx::query_as::<_, JobRow>(sql)
+                .bind(status.as_str())
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows)
+    }
+
     /// Number of jobs with `status`.
     pub async fn count_jobs(&self, status: JobStatus) -> Result<i64> {
         let sql = self.sql("SELECT COUNT(*) FROM jobs WHERE status = ?");
@@ -644,6 +661,35 @@ impl Store {
         let changed = on_pool!(self, pool => {
             sqlx::query(sql)
                 .bind(now)
+                .bind(now)
+                .bind(id)
+                .bind(job.event_seq)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok((changed == 1).then_some(job))
+    }
+
+    /// Puts a failed job back in the queue at its old place, with its fault count cleared (an
+    /// operator's retry); returns its row as it was before, or `None` when it is not failed.
+    pub async fn requeue_failed(&self, id: &str, reason: &str) -> Result<Option<JobRow>> {
+        let _turn = self.write_turn().await;
+        let Some(job) = self.job(id).await? else {
+            return Ok(None);
+        };
+        if job.status() != JobStatus::Failed {
+            return Ok(None);
+        }
+        let sql = self.sql(
+            "UPDATE jobs SET status = 'queued', faults = 0, last_error = ?, updated_at = ?, \
+             finished_at = NULL, preview = NULL, event_seq = event_seq + 1 \
+             WHERE id = ? AND status = 'failed' AND event_seq = ?",
+        );
+        let now = now_ms();
+        let changed = on_pool!(self, pool => {
+            sqlx::query(sql)
+                .bind(reason)
                 .bind(now)
                 .bind(id)
                 .bind(job.event_seq)

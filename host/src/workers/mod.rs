@@ -9,4 +9,4 @@ pub mod client;
 pub mod pool;
 pub mod protocol;
 
-pub use pool::{PoolSnapshot, PoolStats, WorkerPool};
+pub use pool::{PoolSnapshot, PoolStats, WorkerPool, WorkerView};

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use zeromq::{Socket, SocketEvent, SocketRecv, SocketSend, ZmqMessage};
 
 use super::protocol::{Control, ExtendedJob, Inbound, PROTOCOL, SeedJob, new_id_num};
@@ -47,6 +47,46 @@ pub struct PoolStats {
     pub finished: AtomicU64,
     /// Frames dropped as malformed.
     pub dropped: AtomicU64,
+    /// Each worker known, then the last [`DEPARTED_SHOWN`] that left (for the dashboard).
+    workers: watch::Sender<Arc<[WorkerView]>>,
+}
+
+/// How many workers that left the pool stay in [`PoolStats::workers`] (as down).
+pub const DEPARTED_SHOWN: usize = 16;
+
+/// One worker as the dashboard shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct WorkerView {
+    /// Its ZeroMQ identity (hex), unique while it is connected.
+    pub identity: String,
+    /// The host name it announced.
+    pub hostname: String,
+    /// `seed` (Stably Discordant's Python worker) or `easel` (`easel worker`).
+    pub kind: &'static str,
+    /// Connected; false for a worker that left (see `left`).
+    pub up: bool,
+    /// The job it holds.
+    pub job: Option<String>,
+    /// When it got that job (Unix ms).
+    pub job_since_ms: Option<i64>,
+    /// Results it returned.
+    pub done: u64,
+    /// Its faults: failed jobs, a missed deadline, leaving with a job.
+    pub faults: u64,
+    /// The models it announced (empty: any; a seed worker draws with its one model).
+    pub models: Vec<String>,
+    /// When it joined (Unix ms).
+    pub joined_ms: i64,
+    /// Why it left, and when (Unix ms).
+    pub left: Option<(String, i64)>,
+}
+
+impl PoolStats {
+    /// Each worker known, then the last workers that left; changes whenever a worker joins,
+    /// leaves, takes or returns a job.
+    pub fn workers(&self) -> watch::Receiver<Arc<[WorkerView]>> {
+        self.workers.subscribe()
+    }
 }
 
 /// The pool's counters at one moment (for `/metrics` and `/api/admin/backends`).
@@ -214,6 +254,7 @@ impl Backend for WorkerPool {
             expired_order: VecDeque::new(),
             stats: self.stats,
             starved_logged: None,
+            departed: VecDeque::new(),
         };
         pool.run(inbound_rx).await;
         reader.abort();
@@ -307,6 +348,33 @@ struct Worker {
     last_seen: Instant,
     job: Option<Assigned>,
     in_ready: bool,
+    joined_ms: i64,
+    done: u64,
+    faults: u64,
+}
+
+impl Worker {
+    fn view(&self, identity: &Bytes) -> WorkerView {
+        WorkerView {
+            identity: identity_label(identity),
+            hostname: self.hostname.clone(),
+            kind: match self.kind {
+                Kind::Seed => "seed",
+                Kind::Easel(_) => "easel",
+            },
+            up: true,
+            job: self.job.as_ref().map(|a| a.lease.id().to_string()),
+            job_since_ms: self.job.as_ref().map(|a| a.since_ms),
+            done: self.done,
+            faults: self.faults,
+            models: match &self.kind {
+                Kind::Seed => Vec::new(),
+                Kind::Easel(can) => can.models.clone(),
+            },
+            joined_ms: self.joined_ms,
+            left: None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -314,6 +382,7 @@ struct Assigned {
     lease: Lease,
     id_num: String,
     deadline: Instant,
+    since_ms: i64,
 }
 
 struct Pool {
@@ -330,6 +399,8 @@ struct Pool {
     stats: Arc<PoolStats>,
     /// When the pool last said that queued jobs fit none of its idle workers.
     starved_logged: Option<Instant>,
+    /// The last workers that left, newest last.
+    departed: VecDeque<WorkerView>,
 }
 
 /// Counts what a fault did to a job.
@@ -408,6 +479,14 @@ impl Pool {
             .connected
             .store(self.workers.len() as u64, Ordering::Relaxed);
         self.stats.busy.store(busy as u64, Ordering::Relaxed);
+        let mut views: Vec<WorkerView> = self
+            .workers
+            .iter()
+            .map(|(identity, worker)| worker.view(identity))
+            .collect();
+        views.sort_by(|a, b| (&a.hostname, a.joined_ms).cmp(&(&b.hostname, b.joined_ms)));
+        views.extend(self.departed.iter().rev().cloned());
+        self.stats.workers.send_replace(views.into());
     }
 
     async fn send_json(&mut self, identity: &Bytes, json: String) -> Result<(), zeromq::ZmqError> {
@@ -456,6 +535,7 @@ impl Pool {
                 if let Some(old) = self.workers.get_mut(&identity)
                     && let Some(assigned) = old.job.take()
                 {
+                    old.faults += 1;
                     // READY while holding a job: the worker dropped it (restarted in place).
                     self.outstanding.remove(&assigned.id_num);
                     self.fault(assigned, "worker announced READY without returning its job")
@@ -479,6 +559,9 @@ impl Pool {
                         last_seen: Instant::now(),
                         job: None,
                         in_ready: false,
+                        joined_ms: crate::store::now_ms(),
+                        done: 0,
+                        faults: 0,
                     }
                 });
                 worker.hostname = hostname;
@@ -502,6 +585,9 @@ impl Pool {
             Inbound::Failed { id_num, error } => {
                 match self.take_outstanding(&identity, &id_num) {
                     Some(assigned) => {
+                        if let Some(worker) = self.workers.get_mut(&identity) {
+                            worker.faults += 1;
+                        }
                         let reason = format!("worker {who} failed: {error}");
                         self.fault(assigned, &reason).await;
                     }
@@ -560,6 +646,11 @@ impl Pool {
         let hostname = hostname.unwrap_or_else(|| "unknown".to_owned());
         let backend = format!("worker:{hostname}");
         let info = serde_json::json!({"backend": backend, "hostname": hostname}).to_string();
+        if let Some(worker) = self.workers.get_mut(&identity)
+            && self.outstanding.get(&id_num) == Some(&identity)
+        {
+            worker.done += 1;
+        }
         if let Some(assigned) = self.take_outstanding(&identity, &id_num) {
             // Stored off the pool's task (results are group-committed), so dispatch goes on
             // meanwhile.
@@ -612,6 +703,14 @@ impl Pool {
         };
         self.ready.retain(|id| id != identity);
         tracing::info!(worker = %identity_label(identity), hostname = %worker.hostname, reason, "worker left");
+        let mut view = worker.view(identity);
+        view.up = false;
+        view.faults += u64::from(worker.job.is_some());
+        view.left = Some((reason.to_owned(), crate::store::now_ms()));
+        self.departed.push_back(view);
+        while self.departed.len() > DEPARTED_SHOWN {
+            self.departed.pop_front();
+        }
         if let Some(assigned) = worker.job {
             self.outstanding.remove(&assigned.id_num);
             self.fault(assigned, reason).await;
@@ -660,6 +759,10 @@ impl Pool {
     /// Hands queued jobs to ready workers, least recently ready first: idle workers that can
     /// run the same jobs share one claim.
     async fn dispatch(&mut self) {
+        if self.port.is_drained() {
+            // Drained by an operator: ready workers keep their place until it resumes.
+            return;
+        }
         let mut groups: Vec<(jobs::Capabilities, Vec<Bytes>)> = Vec::new();
         while let Some(identity) = self.ready.pop_front() {
             let Some(worker) = self.workers.get_mut(&identity) else {
@@ -747,6 +850,7 @@ impl Pool {
                         lease,
                         id_num,
                         deadline,
+                        since_ms: crate::store::now_ms(),
                     });
                 }
                 self.refresh_gauges();
