@@ -75,13 +75,7 @@ fn value(scraped: &Value, family_name: &str, sample: &str, labels: Value) -> f64
 #[tokio::test]
 async fn metrics_move_with_jobs_plugins_and_requests() {
     let dir = tempfile::tempdir().unwrap();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).unwrap();
-    std::fs::copy(
-        format!("{REPO_PLUGINS}/access.wasm"),
-        plugins.join("access.wasm"),
-    )
-    .unwrap();
+    let plugin = common::access_plugin_in(dir.path());
     let db = format!("sqlite://{}", dir.path().join("easel.db").display());
     let server = Server::start(ServerOptions {
         db_url: &db,
@@ -247,7 +241,7 @@ async fn metrics_move_with_jobs_plugins_and_requests() {
     let mut changed = std::fs::read(format!("{REPO_PLUGINS}/access.wasm")).unwrap();
     // A custom section at the end: the same plugin, a different file.
     changed.extend_from_slice(&[0, 6, 5, b'e', b'a', b's', b'e', b'l']);
-    std::fs::write(plugins.join("access.wasm"), &changed).unwrap();
+    std::fs::write(&plugin, &changed).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while value(
         &scrape(&server).await,
@@ -260,7 +254,7 @@ async fn metrics_move_with_jobs_plugins_and_requests() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    std::fs::write(plugins.join("access.wasm"), b"not a wasm component").unwrap();
+    std::fs::write(&plugin, b"not a wasm component").unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let now = scrape(&server).await;

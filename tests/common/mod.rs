@@ -465,6 +465,21 @@ impl Drop for Server {
     }
 }
 
+/// `dir/plugins` holding a copy of the repository's `access.wasm` (a plugin a test can rewrite
+/// to see it reload); returns the plugin file's path.
+#[allow(dead_code)]
+pub fn access_plugin_in(dir: &Path) -> PathBuf {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let file = plugins.join("access.wasm");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/access.wasm"),
+        &file,
+    )
+    .unwrap();
+    file
+}
+
 /// Decodes a PNG; returns (width, height).
 pub fn png_size(bytes: &[u8]) -> (u32, u32) {
     let decoder = png::Decoder::new(std::io::Cursor::new(bytes));

@@ -13,7 +13,7 @@ use crate::accounts::role::{APEX, APPRENTICE, ARCHITECT, ARTIFICER};
 
 /// The superuser token or a role ≥ 3, else `403 {"error": "You do not have permission to
 /// <what>!"}`.
-async fn administrator(
+pub(super) async fn administrator(
     state: &AppState,
     headers: &HeaderMap,
     what: &str,
@@ -228,25 +228,7 @@ pub(super) async fn plugins(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     administrator(&state, &headers, "view plugins").await?;
-    let registry = &state.plugins;
-    let roles: Vec<Value> = registry
-        .roles()
-        .into_iter()
-        .map(|(role, plugin, serving, policy)| {
-            json!({
-                "role": role.as_str(),
-                "plugin": plugin,
-                "served_by": serving,
-                "on_failure": policy.as_str(),
-            })
-        })
-        .collect();
-    Ok(Json(json!({
-        "dir": registry.dir(),
-        "plugins": registry.list(),
-        "roles": roles,
-        "admission": registry.admission(),
-    })))
+    Ok(Json(state.dashboard.views.plugins()))
 }
 
 /// `GET /api/admin/backends`: every backend's state (Forge machines: up, loaded model,
@@ -256,8 +238,9 @@ pub(super) async fn plugins(
     path = "/api/admin/backends",
     tag = "admin",
     summary = "The backends",
-    description = "Every backend running, and each Forge machine's state: up, loaded model, \
-        current job, counters.",
+    description = "Every backend running and which are drained, each Forge machine's state \
+        (up, loaded model, current job, counters), the worker pool's counters and each worker \
+        (up or gone and why, current job and since when, jobs done, faults, models).",
     security(("bearer" = []), ("superuser" = [])),
     responses(
         (status = 200, description = "The backends", body = openapi::Backends),
@@ -272,19 +255,8 @@ pub(super) async fn backends(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     administrator(&state, &headers, "view backends").await?;
-    let workers = state
-        .pool
-        .as_deref()
-        .map(crate::workers::PoolStats::snapshot);
-    Ok(Json(json!({
-        "backends": state.backends,
-        "forge": state.offer.states(),
-        "workers": workers,
-    })))
+    Ok(Json(state.dashboard.views.backends()))
 }
-
-/// Most jobs `GET /api/admin/queue` lists.
-const QUEUE_SHOWN: i64 = 500;
 
 /// `GET /api/admin/queue`: the queue as it stands (role ≥ 3).
 #[utoipa::path(
@@ -308,38 +280,6 @@ pub(super) async fn queue(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     administrator(&state, &headers, "view the queue").await?;
-    let rows = state
-        .jobs
-        .unfinished(QUEUE_SHOWN)
-        .await
-        .map_err(ApiError::internal)?;
-    let now = crate::store::now_ms();
-    let mut position = 0;
-    let jobs: Vec<Value> = rows
-        .iter()
-        .map(|row| {
-            let running = row.status == "running";
-            if !running {
-                position += 1;
-            }
-            let request: Option<crate::jobs::Txt2Img> = serde_json::from_str(&row.request).ok();
-            let origin = crate::jobs::Origin::parse(row.origin.as_deref());
-            json!({
-                "position": if running { 0 } else { position },
-                "id": row.id,
-                "state": row.status,
-                "owner_id": row.owner_id,
-                "front_end": origin.front_end(),
-                "model": row.model,
-                "width": request.as_ref().map_or(0, |r| r.width),
-                "height": request.as_ref().map_or(0, |r| r.height),
-                "age_s": (now - row.created_at).max(0) as f64 / 1000.0,
-                "backend": if running { row.backend.clone() } else { None },
-                "attempts": row.attempts,
-            })
-        })
-        .collect();
-    Ok(Json(
-        json!({"queued": state.jobs.queue_depth(), "jobs": jobs}),
-    ))
+    let queue = state.dashboard.views.queue().await;
+    Ok(Json(queue.map_err(ApiError::internal)?))
 }

@@ -3,7 +3,8 @@
 //! Every answer is JSON (or a PNG): bad JSON, missing fields, limits, unknown routes and
 //! internal failures all get a JSON body and a status code, never an HTML page or a hang.
 //! Requests become jobs through the intake only; jobs and images are read through the job
-//! reader, users through the accounts service. Consumes no job events yet (socket.io will).
+//! reader, users through the accounts service. The dashboard ([`dashboard`]) consumes every
+//! job event; socket.io ([`realtime`]) the events of each client's jobs.
 //!
 //! Every route is described in an OpenAPI 3.1 document served at `GET /api/openapi.json`
 //! ([`openapi`]): the router is built from the handlers' `#[utoipa::path]` descriptions with
@@ -12,6 +13,7 @@
 mod admin;
 mod auth;
 mod civitai;
+pub mod dashboard;
 mod health;
 mod images;
 mod lists;
@@ -72,8 +74,8 @@ pub struct AppState {
     pub metrics_token: String,
     /// The worker pool's counters, when the pool runs.
     pub pool: Option<Arc<crate::workers::PoolStats>>,
-    /// The backends running (for the admin view).
-    pub backends: Vec<String>,
+    /// The operator dashboard: its views (also the admin routes') and live feed.
+    pub dashboard: dashboard::Dashboard,
     /// Serve the unauthenticated legacy bot routes.
     pub allow_legacy: bool,
     /// CivitAI: LoRA metadata, model downloads, the API proxy.
@@ -144,6 +146,11 @@ fn app() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::plugins))
         .routes(routes!(admin::backends))
         .routes(routes!(admin::queue))
+        .routes(routes!(dashboard::stream))
+        .routes(routes!(dashboard::cancel))
+        .routes(routes!(dashboard::requeue))
+        .routes(routes!(dashboard::drain))
+        .routes(routes!(dashboard::resume))
         .routes(routes!(civitai::loras))
         .routes(routes!(civitai::set_override))
         .routes(routes!(civitai::embeddings))
@@ -155,6 +162,9 @@ fn app() -> OpenApiRouter<AppState> {
         .layer(cors);
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(root))
+        .routes(routes!(dashboard::page))
+        .routes(routes!(dashboard::script))
+        .routes(routes!(dashboard::style))
         .merge(with_cors)
 }
 

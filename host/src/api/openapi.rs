@@ -47,6 +47,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         (name = "auth", description = "Logging in (Discord's authorization-code flow, or the demo user)"),
         (name = "user", description = "The caller's gallery, images and categories"),
         (name = "admin", description = "Users' roles and the running server (role 3 or the superuser)"),
+        (name = "dashboard", description = "The operator dashboard: its page, its live stream and its actions (role 3 or the superuser)"),
     ),
     modifiers(&SecuritySchemes)
 )]
@@ -771,6 +772,37 @@ pub(super) struct Backends {
     /// `requeued`, `failed`, `dropped`); `null` when the pool is off.
     #[schema(value_type = Object, nullable = true)]
     workers: serde_json::Value,
+    /// The backends drained by an operator.
+    drained: Vec<String>,
+    /// Each worker connected (`identity`, `hostname`, `kind`, `up`, `job`, `job_since_ms`,
+    /// `done`, `faults`, `models`, `joined_ms`), then the last 16 that left (`up` false,
+    /// `left`: `[reason, Unix ms]`).
+    #[schema(value_type = Vec<Object>)]
+    worker_list: serde_json::Value,
+}
+
+/// A dashboard action on a job.
+#[derive(ToSchema)]
+pub(super) struct Action {
+    /// What happened.
+    message: String,
+    /// The job.
+    id: String,
+    /// Its state before.
+    was: String,
+}
+
+/// A drain or resume.
+#[derive(ToSchema)]
+pub(super) struct DrainAnswer {
+    /// What happened.
+    message: String,
+    /// The backend.
+    backend: String,
+    /// Whether it is drained now.
+    drained: bool,
+    /// Whether this call changed it.
+    changed: bool,
 }
 
 /// One job of `GET /api/admin/queue`.
@@ -794,6 +826,10 @@ pub(super) struct QueuedJob {
     height: u32,
     /// Seconds since it was queued.
     age_s: f64,
+    /// When it was queued (Unix ms).
+    created_at: i64,
+    /// When its backend claimed it (Unix ms); `null` while queued.
+    started_at: Option<i64>,
     /// The backend running it.
     #[schema(nullable = true)]
     backend: Option<String>,

@@ -385,6 +385,16 @@ pub async fn run(
         offer.clone(),
         realtime.clone(),
     );
+    let dashboard = api::dashboard::Dashboard::start(
+        api::dashboard::Views::new(
+            jobs.reader(),
+            plugins.clone(),
+            offer.clone(),
+            pool_stats.clone(),
+            backends.drains(),
+        ),
+        jobs.subscribe(),
+    );
     let state = AppState {
         intake,
         jobs: jobs.reader(),
@@ -397,8 +407,8 @@ pub async fn run(
         identity: crate::accounts::discord::DiscordIdentity::from_config(&config),
         metrics: metrics.clone(),
         metrics_token: config.metrics.token.clone(),
+        dashboard,
         pool: pool_stats,
-        backends: backends.names().to_vec(),
         allow_legacy: config.api.allow_legacy_bot_endpoints,
         civitai: civitai.clone(),
     };
