@@ -441,7 +441,7 @@ async fn direct_messages_when_allowed() {
 }
 
 #[tokio::test]
-async fn a_job_that_fails() {
+async fn a_job_that_fails_then_is_requeued() {
     // No simulated backend: one slow easel worker whose job misses its deadline, and one
     // fault fails the job.
     let bot = start_with(
@@ -469,6 +469,42 @@ async fn a_job_that_fails() {
     assert_eq!(seen[..4], ["+👍", "+⏱️", "-⏱️", "+❌"], "{seen:?}");
     assert!(
         seen[4].starts_with("reply:Sorry, this request failed: ") && seen[4].len() > 40,
+        "{seen:?}"
+    );
+
+    // An operator requeues it (the dashboard's action) and a quick worker takes it: the user
+    // sees it queued again, then gets the picture on the same message.
+    let failed = bot.server.wait_log("job failed", 1).await;
+    let job_id = failed[0]
+        .split("job_id=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the failed job's id")
+        .to_owned();
+    let mut worker = std::process::Command::new(common::easel_bin())
+        .args(["worker", "--host-ip", "127.0.0.1", "--host-port"])
+        .arg(bot.server.pool_port.to_string())
+        .args(["--step-ms", "1"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let requeued = easel::forge::http_client()
+        .post(bot.server.url(&format!("/api/admin/jobs/{job_id}/requeue")))
+        .header("Authorization", &bot.server.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(requeued.status(), 200);
+    let calls = bot
+        .fake
+        .wait_for_calls(9, |c| about(c, ART, id).is_some(), TIMEOUT)
+        .await;
+    let _ = worker.kill();
+    let _ = worker.wait();
+    let seen: Vec<String> = calls.iter().filter_map(|c| about(c, ART, id)).collect();
+    assert_eq!(seen[5..8], ["+⏱️", "-⏱️", "+💯"], "{seen:?}");
+    assert!(
+        seen[8].starts_with("reply:Parsed args: ") && seen[8].ends_with(" [file]"),
         "{seen:?}"
     );
 }
@@ -888,6 +924,8 @@ async fn resume_after_a_dropped_connection_and_a_429() {
         lines.contains(&"easel_discord_gateway_connected 1"),
         "{text}"
     );
+    // The reaction's 429, waited out, is counted.
+    assert!(lines.contains(&"easel_discord_rest_429_total 1"), "{text}");
 }
 
 /// The bot's reply to `message` whose content starts with `prefix`, and its id.

@@ -7,6 +7,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
 use twilight_http::request::channel::reaction::RequestReactionType;
 use twilight_model::channel::Message;
 use twilight_model::channel::message::Component;
@@ -19,11 +21,13 @@ use twilight_model::id::marker::{
 use twilight_model::user::User;
 
 use super::Bot;
+use super::messenger::counted;
 use super::progress::ProgressMessage;
 use crate::accounts::role;
 use crate::intake::{self, Admitted, FrontEnd, LimitExceeded, Refusal};
-use crate::jobs::{EventKind, JobEvent, JobWatch, Origin};
+use crate::jobs::{EventKind, JobEvent, JobWatch, Origin, Received};
 use crate::plugins::{Action, Caller, JobRequest, Outcome, Stage};
+use crate::store::JobRow;
 
 /// Discord's longest message.
 const MAX_CONTENT: usize = 2000;
@@ -186,7 +190,7 @@ impl Bot {
         let mut place = self.places.channel(channel);
         if place.is_none() && guild.is_some() {
             // A channel the gateway did not tell about (yet): ask once, remember.
-            match self.http().channel(channel).await {
+            match counted(self.http().channel(channel).into_future(), None).await {
                 Ok(response) => match response.model().await {
                     Ok(c) => {
                         self.places.add_channel(&c);
@@ -357,12 +361,15 @@ impl Bot {
                     None => format!("Queued `{job_id}`: {prompt}"),
                 };
                 let text: String = text.chars().take(MAX_CONTENT).collect();
-                if let Err(err) = self
-                    .http()
-                    .interaction(*application)
-                    .update_response(token)
-                    .content(Some(&text))
-                    .await
+                if let Err(err) = counted(
+                    self.http()
+                        .interaction(*application)
+                        .update_response(token)
+                        .content(Some(&text))
+                        .into_future(),
+                    None,
+                )
+                .await
                 {
                     tracing::warn!(error = %err, "cannot update an interaction response");
                 }
@@ -440,17 +447,16 @@ impl Bot {
                     let Target::Message { channel, message } = target else {
                         continue; // No message of the user's to react to.
                     };
-                    let outcome = if matches!(action, Action::AddEmoji(_)) {
-                        self.http()
-                            .create_reaction(*channel, *message, &reaction(emoji))
-                            .await
-                            .map(drop)
+                    let http = self.http();
+                    let kind = reaction(emoji);
+                    let request = if matches!(action, Action::AddEmoji(_)) {
+                        http.create_reaction(*channel, *message, &kind)
+                            .into_future()
                     } else {
-                        self.http()
-                            .delete_current_user_reaction(*channel, *message, &reaction(emoji))
-                            .await
-                            .map(drop)
+                        http.delete_current_user_reaction(*channel, *message, &kind)
+                            .into_future()
                     };
+                    let outcome = counted(request, None).await.map(drop);
                     if let Err(err) = outcome {
                         tracing::warn!(emoji, error = %err, "cannot change a reaction");
                     }
@@ -484,47 +490,60 @@ impl Bot {
                 continue;
             }
             let sent = match target {
-                Target::Message { channel, message } => self
-                    .http()
-                    .create_message(*channel)
-                    .reply(*message)
-                    .content(chunk)
-                    .attachments(files)
-                    .components(buttons)
-                    .await
-                    .map(drop),
+                Target::Message { channel, message } => counted(
+                    self.http()
+                        .create_message(*channel)
+                        .reply(*message)
+                        .content(chunk)
+                        .attachments(files)
+                        .components(buttons)
+                        .into_future(),
+                    None,
+                )
+                .await
+                .map(drop),
                 Target::Interaction {
                     application,
                     token,
                     created,
                     ..
-                } if created.elapsed() < TOKEN_LIFETIME => self
-                    .http()
-                    .interaction(*application)
-                    .create_followup(token)
-                    .content(chunk)
-                    .attachments(files)
-                    .components(buttons)
-                    .await
-                    .map(drop),
-                Target::Channel { channel } => self
-                    .http()
-                    .create_message(*channel)
-                    .content(chunk)
-                    .attachments(files)
-                    .components(buttons)
-                    .await
-                    .map(drop),
+                } if created.elapsed() < TOKEN_LIFETIME => counted(
+                    self.http()
+                        .interaction(*application)
+                        .create_followup(token)
+                        .content(chunk)
+                        .attachments(files)
+                        .components(buttons)
+                        .into_future(),
+                    None,
+                )
+                .await
+                .map(drop),
+                Target::Channel { channel } => counted(
+                    self.http()
+                        .create_message(*channel)
+                        .content(chunk)
+                        .attachments(files)
+                        .components(buttons)
+                        .into_future(),
+                    None,
+                )
+                .await
+                .map(drop),
                 Target::Interaction { channel, user, .. } => {
                     let text = format!("<@{user}> {chunk}");
                     let text: String = text.chars().take(MAX_CONTENT).collect();
-                    self.http()
-                        .create_message(*channel)
-                        .content(&text)
-                        .attachments(files)
-                        .components(buttons)
-                        .await
-                        .map(drop)
+                    counted(
+                        self.http()
+                            .create_message(*channel)
+                            .content(&text)
+                            .attachments(files)
+                            .components(buttons)
+                            .into_future(),
+                        None,
+                    )
+                    .await
+                    .map(drop)
                 }
             };
             if let Err(err) = sent {
@@ -560,11 +579,14 @@ impl Bot {
             if self.intake.admit(caller).await.is_err() {
                 continue;
             }
-            if let Err(err) = self
-                .http()
-                .create_message(channel)
-                .content("I'm here!")
-                .await
+            if let Err(err) = counted(
+                self.http()
+                    .create_message(channel)
+                    .content("I'm here!")
+                    .into_future(),
+                None,
+            )
+            .await
             {
                 tracing::warn!(%channel, error = %err, "cannot announce in a channel");
             }
@@ -685,31 +707,81 @@ impl Bot {
             );
         }
         for row in rows {
-            let origin = Origin::parse(row.origin.as_deref());
-            let Some((target, user)) = Target::from_origin(&origin) else {
-                continue;
-            };
-            let Ok(job) = serde_json::from_str::<crate::jobs::Txt2Img>(&row.request) else {
-                continue;
-            };
-            let Some(author) = user.or_else(|| row.owner_id.parse().ok().and_then(Id::new_checked))
-            else {
-                continue;
-            };
-            let channel = match &target {
-                Target::Message { channel, .. } | Target::Channel { channel } => *channel,
-                Target::Interaction { channel, .. } => *channel,
-            };
-            let guild = self.places.channel(channel).and_then(|p| p.guild_id);
-            // The user's name is not stored with the job: the tag stays empty.
-            let caller = self.caller(channel, guild, author, String::new()).await;
-            let followed = Followed {
-                caller: caller.plugin(),
-                request: intake::plugin_request(&job),
-                target,
-            };
-            let watch = self.jobs.watch(row.id.as_str().into());
-            tokio::spawn(self.clone().follow(watch, followed, None));
+            self.follow_row(row, None).await;
         }
+    }
+
+    /// Follows Discord jobs again that an operator put back in the queue after they failed
+    /// (their follower ended with the failure): each shows the queued stage again and its
+    /// answer goes where it was asked. Ends with the job service or when `stopped` turns.
+    pub(super) async fn follow_revived(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
+        let mut events = self.jobs.subscribe();
+        loop {
+            let received = tokio::select! {
+                _ = stopped.changed() => return,
+                received = events.recv() => received,
+            };
+            let event = match received {
+                Received::Event(event) => event,
+                Received::Lagged(missed) => {
+                    tracing::warn!(
+                        missed,
+                        "job events missed: a requeued Discord job may go unanswered"
+                    );
+                    continue;
+                }
+                Received::Closed => return,
+            };
+            if !matches!(event.kind, EventKind::Requeued { revived: true, .. })
+                || !matches!(*event.origin, Origin::Discord { .. })
+            {
+                continue;
+            }
+            match self.jobs.job(event.job.as_str()).await {
+                Ok(Some(row)) => self.follow_row(row, Some(Stage::Queued)).await,
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(job_id = %event.job, error = %err, "cannot read a requeued Discord job");
+                }
+            }
+        }
+    }
+
+    /// Follows one stored Discord job to its end (showing `first`, if any, before its events).
+    async fn follow_row(self: &Arc<Self>, row: JobRow, first: Option<Stage>) {
+        let origin = Origin::parse(row.origin.as_deref());
+        let Some((target, user)) = Target::from_origin(&origin) else {
+            return;
+        };
+        let Ok(job) = serde_json::from_str::<crate::jobs::Txt2Img>(&row.request) else {
+            return;
+        };
+        let Some(author) = user.or_else(|| row.owner_id.parse().ok().and_then(Id::new_checked))
+        else {
+            return;
+        };
+        let channel = match &target {
+            Target::Message { channel, .. } | Target::Channel { channel } => *channel,
+            Target::Interaction { channel, .. } => *channel,
+        };
+        let guild = self.places.channel(channel).and_then(|p| p.guild_id);
+        // The user's name is not stored with the job: the tag stays empty.
+        let caller = self.caller(channel, guild, author, String::new()).await;
+        let followed = Followed {
+            caller: caller.plugin(),
+            request: intake::plugin_request(&job),
+            target,
+        };
+        if let Some(stage) = first {
+            self.stages(
+                &followed.caller,
+                &followed.target,
+                Some(&followed.request),
+                &[(stage, "")],
+            )
+            .await;
+        }
+        let watch = self.jobs.watch(row.id.as_str().into());
+        tokio::spawn(self.clone().follow(watch, followed, None));
     }
 }

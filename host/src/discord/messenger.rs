@@ -220,25 +220,11 @@ impl Messenger {
         } = self.inner.retry;
         let mut last = None;
         for attempt in 0..tries {
-            let mut future = request();
-            // twilight retries a 429 by itself once its rate limiter lets the request go again;
-            // this caps those attempts (the predicate runs before each one).
-            let attempts = Arc::new(AtomicU32::new(0));
-            let seen = attempts.clone();
-            future.set_pre_flight(move || seen.fetch_add(1, Ordering::Relaxed) < tries);
-            let done = future.await;
-            // Every attempt after the first was a 429 twilight waited out.
-            let waited = attempts.load(Ordering::Relaxed).saturating_sub(1);
-            if waited > 0 {
-                metrics::counter!("easel_discord_rest_429_total").increment(u64::from(waited));
-            }
+            let done = counted(request(), Some(tries)).await;
             let err = match done {
                 Ok(response) => return Ok(response),
                 Err(err) => err,
             };
-            if matches!(err.kind(), ErrorType::Response { status, .. } if status.get() == 429) {
-                metrics::counter!("easel_discord_rest_429_total").increment(1);
-            }
             let failure = match err.kind() {
                 ErrorType::Response { body, status, .. } => http_error(status.get(), body),
                 ErrorType::RequestCanceled => SendError::Http {
@@ -282,6 +268,30 @@ async fn model<T: serde::de::DeserializeOwned + Unpin>(
         .model()
         .await
         .map_err(|err| SendError::BadAnswer(err.to_string()))
+}
+
+/// Awaits one REST request, counting in `easel_discord_rest_429_total` every 429 it met: those
+/// twilight waited out and retried (its rate limiter holds the retry until `retry_after`), and a
+/// last one given up. `cap`: how many attempts twilight may make (`None`: as many as it takes).
+pub(super) async fn counted<T: Unpin>(
+    mut future: ResponseFuture<T>,
+    cap: Option<u32>,
+) -> Result<Response<T>, twilight_http::Error> {
+    // The predicate runs before each attempt; every attempt after the first follows a 429.
+    let attempts = Arc::new(AtomicU32::new(0));
+    let seen = attempts.clone();
+    future.set_pre_flight(move || seen.fetch_add(1, Ordering::Relaxed) < cap.unwrap_or(u32::MAX));
+    let done = future.await;
+    let mut met = attempts.load(Ordering::Relaxed).saturating_sub(1);
+    if let Err(err) = &done
+        && matches!(err.kind(), ErrorType::Response { status, .. } if status.get() == 429)
+    {
+        met += 1; // No rate limiter in between: the 429 itself is the answer.
+    }
+    if met > 0 {
+        metrics::counter!("easel_discord_rest_429_total").increment(u64::from(met));
+    }
+    done
 }
 
 /// Discord's error body as discordproxy reported it: `message` (or the body itself when it is

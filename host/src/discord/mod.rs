@@ -7,7 +7,8 @@
 //! carries its actions out on Discord. Each queued job is followed through a job watch (it
 //! consumes `Started`, `Progress`, `Finished`, `Failed`, `Interrupted`); a job's origin
 //! (`discord:<channel>:<message>`) is stored with it, so jobs queued before a restart are
-//! followed again at start and still reach their message. Rate limits (429 with
+//! followed again at start and still reach their message; a failed one that an operator puts
+//! back in the queue (`Requeued` with `revived`) is followed again too. Rate limits (429 with
 //! `retry_after`) are twilight's; a dropped gateway connection is resumed by the shard.
 //!
 //! Off by default, as the seed had neither: `[discord] queue_position` tells a job its place
@@ -193,7 +194,10 @@ pub fn start(
     });
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(bot.clone().adopt_unfinished());
-    let tasks = vec![tokio::spawn(gateway_loop(bot, shard, stopped))];
+    let tasks = vec![
+        tokio::spawn(bot.clone().follow_revived(stopped.clone())),
+        tokio::spawn(gateway_loop(bot, shard, stopped)),
+    ];
     tracing::info!("Discord front end starting");
     Ok(DiscordHandle { stop, tasks })
 }

@@ -19,6 +19,7 @@ use twilight_model::id::marker::{ChannelMarker, MessageMarker};
 
 use super::Bot;
 use super::flow::{TOKEN_LIFETIME, Target};
+use super::messenger::counted;
 
 /// The shortest time between two edits of one progress message.
 pub(super) const EDIT_EVERY: Duration = Duration::from_secs(2);
@@ -113,30 +114,41 @@ impl Bot {
             .collect();
         let text = progress_text(step, total);
         let sent = match (target, progress.posted) {
-            (Target::Message { channel, .. } | Target::Channel { channel }, Some((_, id))) => self
-                .http()
-                .update_message(*channel, id)
-                .content(Some(&text))
-                .attachments(&files)
+            (Target::Message { channel, .. } | Target::Channel { channel }, Some((_, id))) => {
+                counted(
+                    self.http()
+                        .update_message(*channel, id)
+                        .content(Some(&text))
+                        .attachments(&files)
+                        .into_future(),
+                    None,
+                )
                 .await
-                .map(drop),
+                .map(drop)
+            }
             (Target::Message { channel, message }, None) => {
-                let created = self
-                    .http()
-                    .create_message(*channel)
-                    .reply(*message)
-                    .content(&text)
-                    .attachments(&files)
-                    .await;
+                let created = counted(
+                    self.http()
+                        .create_message(*channel)
+                        .reply(*message)
+                        .content(&text)
+                        .attachments(&files)
+                        .into_future(),
+                    None,
+                )
+                .await;
                 self.remember(progress, *channel, created).await
             }
             (Target::Channel { channel }, None) => {
-                let created = self
-                    .http()
-                    .create_message(*channel)
-                    .content(&text)
-                    .attachments(&files)
-                    .await;
+                let created = counted(
+                    self.http()
+                        .create_message(*channel)
+                        .content(&text)
+                        .attachments(&files)
+                        .into_future(),
+                    None,
+                )
+                .await;
                 self.remember(progress, *channel, created).await
             }
             (
@@ -152,13 +164,17 @@ impl Bot {
                     return; // The token is gone; the result goes to the channel.
                 }
                 progress.edited_original = true;
-                self.http()
-                    .interaction(*application)
-                    .update_response(token)
-                    .content(Some(&text))
-                    .attachments(&files)
-                    .await
-                    .map(drop)
+                counted(
+                    self.http()
+                        .interaction(*application)
+                        .update_response(token)
+                        .content(Some(&text))
+                        .attachments(&files)
+                        .into_future(),
+                    None,
+                )
+                .await
+                .map(drop)
             }
         };
         if let Err(err) = sent {
@@ -187,7 +203,11 @@ impl Bot {
     /// `/art` reply shows its acknowledgement again), before the result is answered.
     pub(super) async fn end_progress(&self, target: &Target, progress: &mut ProgressMessage) {
         if let Some((channel, message)) = progress.posted.take()
-            && let Err(err) = self.http().delete_message(channel, message).await
+            && let Err(err) = counted(
+                self.http().delete_message(channel, message).into_future(),
+                None,
+            )
+            .await
         {
             tracing::warn!(error = %err, "cannot delete a progress message");
         }
@@ -207,13 +227,16 @@ impl Bot {
             return;
         }
         let ack = progress.ack.clone().unwrap_or_default();
-        if let Err(err) = self
-            .http()
-            .interaction(*application)
-            .update_response(token)
-            .content(Some(&ack))
-            .keep_attachment_ids(&[])
-            .await
+        if let Err(err) = counted(
+            self.http()
+                .interaction(*application)
+                .update_response(token)
+                .content(Some(&ack))
+                .keep_attachment_ids(&[])
+                .into_future(),
+            None,
+        )
+        .await
         {
             tracing::warn!(error = %err, "cannot restore an interaction response");
         }

@@ -23,6 +23,7 @@ use twilight_model::id::marker::GuildMarker;
 
 use super::Bot;
 use super::flow::{DELETE, REROLL, Target, user_tag};
+use super::messenger::counted;
 use crate::accounts::role::ARCHITECT;
 use crate::plugins::JobRequest;
 
@@ -165,8 +166,15 @@ impl Bot {
         let commands = [command()];
         let client = self.http().interaction(me.application);
         let done = match guild {
-            None => client.set_global_commands(&commands).await.map(drop),
-            Some(guild) => client.set_guild_commands(guild, &commands).await.map(drop),
+            None => counted(client.set_global_commands(&commands).into_future(), None)
+                .await
+                .map(drop),
+            Some(guild) => counted(
+                client.set_guild_commands(guild, &commands).into_future(),
+                None,
+            )
+            .await
+            .map(drop),
         };
         match done {
             Ok(()) => tracing::info!(guild = ?guild, "slash command /art registered"),
@@ -175,11 +183,14 @@ impl Bot {
     }
 
     async fn respond(&self, interaction: &Interaction, response: InteractionResponse) {
-        let sent = self
-            .http()
-            .interaction(interaction.application_id)
-            .create_response(interaction.id, &interaction.token, &response)
-            .await;
+        let sent = counted(
+            self.http()
+                .interaction(interaction.application_id)
+                .create_response(interaction.id, &interaction.token, &response)
+                .into_future(),
+            None,
+        )
+        .await;
         if let Err(err) = sent {
             tracing::warn!(error = %err, "cannot answer an interaction");
         }
@@ -271,7 +282,15 @@ impl Bot {
                 let client = self.http().interaction(interaction.application_id);
                 let token = interaction.token.clone();
                 let update = |text: String| async move {
-                    if let Err(err) = client.update_response(&token).content(Some(&text)).await {
+                    if let Err(err) = counted(
+                        client
+                            .update_response(&token)
+                            .content(Some(&text))
+                            .into_future(),
+                        None,
+                    )
+                    .await
+                    {
                         tracing::warn!(error = %err, "cannot update an interaction response");
                     }
                 };
@@ -388,10 +407,13 @@ impl Bot {
             return;
         };
         self.respond(interaction, defer_update()).await;
-        if let Err(err) = self
-            .http()
-            .delete_message(message.channel_id, message.id)
-            .await
+        if let Err(err) = counted(
+            self.http()
+                .delete_message(message.channel_id, message.id)
+                .into_future(),
+            None,
+        )
+        .await
         {
             tracing::warn!(error = %err, "cannot delete a result message");
         }

@@ -167,7 +167,7 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
     (
         "easel_discord_rest_429_total",
         "counter",
-        "Discord REST 429s (rate limited) met by the gRPC API's sends, waited out or given up",
+        "Discord REST 429s (rate limited) met by the bot: replies, reactions, progress edits and the gRPC API's sends, waited out or given up",
     ),
     (
         "easel_http_requests_total",
