@@ -26,8 +26,17 @@ use serde_json::{Value, json};
 const METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
 ];
-const TAGS: [&str; 9] = [
-    "config", "lists", "models", "civitai", "queue", "images", "auth", "user", "admin",
+const TAGS: [&str; 10] = [
+    "config",
+    "lists",
+    "models",
+    "civitai",
+    "queue",
+    "images",
+    "auth",
+    "user",
+    "admin",
+    "dashboard",
 ];
 
 fn document() -> Value {
@@ -579,7 +588,7 @@ async fn exercise(
             .header("content-type", "application/json")
             .body("{}");
     }
-    let response = request.send().await.unwrap();
+    let mut response = request.send().await.unwrap();
     let status = response.status().as_u16();
     let content_type = response
         .headers()
@@ -590,7 +599,16 @@ async fn exercise(
         .next()
         .unwrap_or_default()
         .to_owned();
-    let bytes = response.bytes().await.unwrap();
+    let bytes = if content_type == "text/event-stream" {
+        // A live stream never ends: its first event is the answer.
+        tokio::time::timeout(std::time::Duration::from_secs(10), response.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("{at}: no event in 10 s"))
+            .unwrap()
+            .unwrap_or_default()
+    } else {
+        response.bytes().await.unwrap()
+    };
     let body: Option<Value> = serde_json::from_slice(&bytes).ok();
     if status == 404
         && body.as_ref().and_then(|b| b["error"].as_str())

@@ -474,6 +474,8 @@ pub(super) async fn page() -> Response {
     path = "/dashboard/dashboard.js",
     tag = "dashboard",
     summary = "The dashboard's script",
+    description = "The page's script (embedded in the binary): logs in, follows the stream, \
+        renders the tables and sends the actions.",
     responses((status = 200, description = "The script", content_type = "text/javascript"))
 )]
 pub(super) async fn script() -> Response {
@@ -486,6 +488,7 @@ pub(super) async fn script() -> Response {
     path = "/dashboard/dashboard.css",
     tag = "dashboard",
     summary = "The dashboard's style sheet",
+    description = "The page's style sheet (embedded in the binary).",
     responses((status = 200, description = "The style sheet", content_type = "text/css"))
 )]
 pub(super) async fn style() -> Response {
@@ -710,6 +713,7 @@ pub(super) async fn drain(
     path = "/api/admin/backends/{name}/resume",
     tag = "dashboard",
     summary = "Resume a drained backend",
+    description = "The backend claims queued jobs again (at once: it is woken).",
     params(("name" = String, Path, description = "The backend's name")),
     security(("bearer" = []), ("superuser" = [])),
     responses(
