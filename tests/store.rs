@@ -5,11 +5,12 @@ mod common;
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::{Engine, TestDb};
 use easel::jobs::{Capabilities, EventKind, JobId, Received, Txt2Img};
 use easel::store::{
-    ClaimFilter, Completion, Fence, JobStatus, ModelEntry, NewImage, NewJob, Store,
+    ClaimFilter, Completion, DEFAULT_LEASE, Fence, JobStatus, ModelEntry, NewImage, NewJob, Store,
 };
 
 fn request(prompt: &str) -> Txt2Img {
@@ -443,18 +444,21 @@ async fn claims_follow_capabilities(engine: Engine) {
         models: Some(&models),
         max_pixels: Some(1024 * 1024),
     };
-    let rows = store.claim_jobs("h", "w", filter, 10).await.unwrap();
+    let rows = store
+        .claim_jobs("h", "w", filter, 10, DEFAULT_LEASE)
+        .await
+        .unwrap();
     let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids, ["sdxl", "default"]);
     assert!(
         store
-            .claim_jobs("h", "w", filter, 10)
+            .claim_jobs("h", "w", filter, 10, DEFAULT_LEASE)
             .await
             .unwrap()
             .is_empty()
     );
     let any = store
-        .claim_jobs("h", "w", ClaimFilter::default(), 10)
+        .claim_jobs("h", "w", ClaimFilter::default(), 10, DEFAULT_LEASE)
         .await
         .unwrap();
     let ids: Vec<&str> = any.iter().map(|r| r.id.as_str()).collect();
@@ -768,8 +772,103 @@ async fn failed_jobs_are_listed_and_requeued(engine: Engine) {
     db.cleanup().await;
 }
 
+/// A claim is a lease: renewed by its host, and once it runs out any host's job service
+/// requeues the job as a fault (fenced: a renewal or a settled claim wins).
+async fn leases_renew_and_expire(engine: Engine) {
+    let Some(db) = TestDb::create(engine).await else {
+        return;
+    };
+    let store = Arc::new(Store::connect(&db.url).await.unwrap());
+    let short = Duration::from_millis(300);
+    store
+        .insert_job(&new_job("lease-1", r#"{"prompt":"p"}"#, "", 1))
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_jobs("host-a", "sim", ClaimFilter::default(), 1, short)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(claimed.claimed_by.as_deref(), Some("host-a"));
+    let until = claimed.lease_until.expect("a claim carries its lease");
+    assert!(until > claimed.started_at.unwrap(), "{claimed:?}");
+    assert!(store.expired_leases(10).await.unwrap().is_empty());
+    tokio::time::sleep(short + Duration::from_millis(100)).await;
+    let expired = store.expired_leases(10).await.unwrap();
+    assert_eq!(expired.len(), 1);
+    // The holder renews before anyone acts: nothing expires any more.
+    assert_eq!(
+        store
+            .renew_leases("host-a", Duration::from_secs(60))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .renew_leases("host-b", Duration::from_secs(60))
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(store.expired_leases(10).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .expire_lease("lease-1", expired[0].event_seq, 2, "late")
+            .await
+            .unwrap(),
+        None,
+        "a renewed lease is not expired"
+    );
+
+    // host-b's job service requeues a job whose lease ran out, as a fault, with an event.
+    let mut settings = easel::jobs::JobSettings::new("host-b");
+    settings.lease = short;
+    let b = easel::jobs::JobService::new(store.clone(), settings);
+    let mut events = b.subscribe();
+    store
+        .insert_job(&new_job("lease-2", r#"{"prompt":"p"}"#, "", 1))
+        .await
+        .unwrap();
+    let dead = store
+        .claim_jobs("host-dead", "sim", ClaimFilter::default(), 1, short)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(dead.id, "lease-2");
+    let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("the expired lease is requeued");
+    match event {
+        easel::jobs::Received::Event(event) => {
+            assert_eq!(event.job.as_str(), "lease-2");
+            match event.kind {
+                easel::jobs::EventKind::Requeued { reason, revived } => {
+                    assert!(reason.contains("host-dead"), "{reason}");
+                    assert!(!revived);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+    let row = store.job("lease-2").await.unwrap().unwrap();
+    assert_eq!((row.status(), row.faults), (JobStatus::Queued, 1));
+    // The dead host's late result is stale; lease-1, renewed by host-a, still runs.
+    assert_eq!(
+        store.job("lease-1").await.unwrap().unwrap().status(),
+        JobStatus::Running
+    );
+    drop(b);
+    store.close().await;
+    db.cleanup().await;
+}
+
 per_engine!(
     lifecycle,
+    leases_renew_and_expire,
     failed_jobs_are_listed_and_requeued,
     watches_cannot_miss_the_end,
     claims_follow_capabilities,

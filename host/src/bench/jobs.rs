@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::{BenchError, job_service, on_database, origin, percentile, request};
 use crate::jobs::{Backends, EventKind, JobId, Received};
 use crate::sim::{self, Simulated};
-use crate::store::{ClaimFilter, Completion, Fence, NewImage, NewJob, Store};
+use crate::store::{ClaimFilter, Completion, DEFAULT_LEASE, Fence, NewImage, NewJob, Store};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -69,7 +69,13 @@ async fn run_on(url: &str, options: &BenchOptions) -> Result<(), BenchError> {
             })
             .await?;
         let row = store
-            .claim_jobs("bench", "baseline", ClaimFilter::default(), 1)
+            .claim_jobs(
+                "bench",
+                "baseline",
+                ClaimFilter::default(),
+                1,
+                DEFAULT_LEASE,
+            )
             .await?
             .pop()
             .expect("the job just inserted");

@@ -12,8 +12,10 @@
 //! `interrupted`, or back to `queued` (requeue, a backend fault below the fault limit, a host
 //! restart). Every change bumps the job's event sequence number in the same statement, and a
 //! claim's changes are fenced on the number its claim returned, so a stale backend changes
-//! nothing and a job cannot finish twice. At start, jobs this host left running (a crash,
-//! `kill -9`) go back to the queue.
+//! nothing and a job cannot finish twice. A claim is a lease ([`JobSettings::lease`]): this
+//! host renews its claims, and requeues as a fault any host's running job whose lease ran out
+//! (that host died), so hosts sharing a database lose nothing when one is killed. At start,
+//! jobs this host left running (a crash, `kill -9`) go back to the queue at once.
 //!
 //! Submissions and results are group-committed ([`writer`]); the queue depth is kept in
 //! memory (recounted from the store every [`RECOUNT`]).
@@ -73,6 +75,9 @@ impl From<Arc<StoreError>> for JobError {
 /// database change it too).
 pub const RECOUNT: Duration = Duration::from_secs(5);
 
+/// Most jobs with an expired lease settled per round of the lease keeper.
+const EXPIRED_PER_ROUND: i64 = 100;
+
 /// How long a backend waits for a wake-up before looking at the store again (jobs queued by
 /// another host sharing the database send no wake-up here).
 const IDLE_RECHECK: Duration = Duration::from_secs(1);
@@ -80,21 +85,26 @@ const IDLE_RECHECK: Duration = Duration::from_secs(1);
 /// What the job service is configured with.
 #[derive(Clone, Debug)]
 pub struct JobSettings {
-    /// This process's name in claims: jobs it left running are requeued at its next start.
+    /// This host's id in claims (`claimed_by`): jobs it left running are requeued at its
+    /// next start, or by another host once their lease runs out.
     pub host: String,
     /// Backend faults after which a job fails.
     pub max_faults: u32,
     /// Capacity of the broadcast channel of [`Subscription`]s.
     pub event_buffer: usize,
+    /// How long a claim holds without renewal: this host renews its claims every third of
+    /// it, and requeues (as a fault) any host's running job whose lease ran out.
+    pub lease: Duration,
 }
 
 impl JobSettings {
-    /// Defaults for `host`: 2 faults, 1,024 buffered events.
+    /// Defaults for `host`: 2 faults, 1,024 buffered events, 30 s leases.
     pub fn new(host: impl Into<String>) -> Self {
         Self {
             host: host.into(),
             max_faults: 2,
             event_buffer: 1024,
+            lease: crate::store::DEFAULT_LEASE,
         }
     }
 }
@@ -121,9 +131,15 @@ pub struct JobReader {
     store: Arc<Store>,
     hub: Arc<events::Hub>,
     queued: Arc<AtomicI64>,
+    host: Arc<str>,
 }
 
 impl JobReader {
+    /// This host's id (what its claims carry in `claimed_by`).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
     /// Follows an existing job from its current state (the first event reports it).
     pub fn watch(&self, job: JobId) -> JobWatch {
         self.hub.watch(job, self.clone(), 0)
@@ -275,7 +291,56 @@ impl JobService {
                 }
             }
         });
+        let weak = Arc::downgrade(&service);
+        let every = (service.settings.lease / 3).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(every);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(service) = weak.upgrade() else {
+                    return;
+                };
+                service.keep_leases().await;
+            }
+        });
         service
+    }
+
+    /// Renews the leases of this host's running jobs, then requeues (as a fault) the running
+    /// jobs of any host whose lease ran out: that host died or lost the database.
+    async fn keep_leases(&self) {
+        let (host, lease) = (&self.settings.host, self.settings.lease);
+        if let Err(err) = self.store.renew_leases(host, lease).await {
+            tracing::warn!(error = %err, "cannot renew this host's job leases");
+        }
+        let expired = match self.store.expired_leases(EXPIRED_PER_ROUND).await {
+            Ok(rows) => rows,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot look for expired job leases");
+                return;
+            }
+        };
+        for row in expired {
+            let holder = row.claimed_by.as_deref().unwrap_or("an unknown host");
+            let reason = format!("the lease of host {holder} ran out");
+            let id = JobId::from(row.id.as_str());
+            let owner: Arc<str> = Arc::from(row.owner_id.as_str());
+            let origin = Arc::new(Origin::parse(row.origin.as_deref()));
+            match self
+                .record_fault((&id, &owner, &origin), row.event_seq, &reason, true)
+                .await
+            {
+                Ok(Some(_)) => {
+                    metrics::counter!("easel_job_leases_expired_total").increment(1);
+                    tracing::warn!(job_id = %id, holder, "a job's lease ran out");
+                }
+                Ok(None) => {} // Renewed or settled meanwhile.
+                Err(err) => {
+                    tracing::warn!(job_id = %id, error = %err, "cannot requeue a job whose lease ran out")
+                }
+            }
+        }
     }
 
     /// The store (for backends' read-only queue queries).
@@ -294,6 +359,7 @@ impl JobService {
             store: self.store.clone(),
             hub: self.hub.clone(),
             queued: self.queued.clone(),
+            host: Arc::from(self.settings.host.as_str()),
         }
     }
 
@@ -416,7 +482,13 @@ impl JobService {
     ) -> Result<Vec<Claim>, JobError> {
         let rows = self
             .store
-            .claim_jobs(&self.settings.host, backend, filter, limit)
+            .claim_jobs(
+                &self.settings.host,
+                backend,
+                filter,
+                limit,
+                self.settings.lease,
+            )
             .await?;
         self.queued.fetch_sub(rows.len() as i64, Ordering::Relaxed);
         let mut claims = Vec::with_capacity(rows.len());
@@ -563,26 +635,35 @@ impl JobService {
     /// has had `max_faults` faults. Returns the job's new status (`None`: the claim was stale).
     async fn fault(&self, claim: &Claim, reason: &str) -> Result<Option<JobStatus>, JobError> {
         self.take_interrupt(&claim.id);
-        let max_faults = self.settings.max_faults;
-        let status = self
-            .store
-            .fault_job(
-                claim.id.as_str(),
-                claim.fence(),
-                i64::from(max_faults),
-                reason,
-            )
-            .await?;
         let who = (&claim.id, &claim.owner, &claim.origin);
-        let seq = claim.fence() + 1;
+        self.record_fault(who, claim.fence(), reason, false).await
+    }
+
+    /// Records a fault on the claim made at `fence` (with `lease_expired`, only if its lease
+    /// is still out) and says so: requeued, or failed at the fault limit.
+    async fn record_fault(
+        &self,
+        who: (&JobId, &Arc<str>, &Arc<Origin>),
+        fence: i64,
+        reason: &str,
+        lease_expired: bool,
+    ) -> Result<Option<JobStatus>, JobError> {
+        let max_faults = self.settings.max_faults;
+        let (id, limit) = (who.0.as_str(), i64::from(max_faults));
+        let status = if lease_expired {
+            self.store.expire_lease(id, fence, limit, reason).await?
+        } else {
+            self.store.fault_job(id, fence, limit, reason).await?
+        };
+        let seq = fence + 1;
         match status {
             Some(JobStatus::Failed) => {
                 let error = format!("gave up after {max_faults} worker faults; last: {reason}");
-                tracing::warn!(job_id = %claim.id, error, "job failed");
+                tracing::warn!(job_id = %who.0, error, "job failed");
                 self.emit(who, seq, EventKind::Failed { error });
             }
             Some(_) => {
-                tracing::warn!(job_id = %claim.id, reason, "job requeued after a worker fault");
+                tracing::warn!(job_id = %who.0, reason, "job requeued after a worker fault");
                 self.queued.fetch_add(1, Ordering::Relaxed);
                 self.emit(
                     who,

@@ -6,6 +6,7 @@
 //! number of a fenced change is always the fence plus one.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use sqlx::AssertSqlSafe;
 
@@ -36,8 +37,11 @@ pub struct JobRow {
     pub origin: Option<String>,
     /// The backend that ran it last.
     pub backend: Option<String>,
-    /// The host that claimed it last.
+    /// The host (its id) that claimed it last.
     pub claimed_by: Option<String>,
+    /// While running: until when (Unix ms) the claiming host holds it; once passed without a
+    /// renewal, any host may requeue it.
+    pub lease_until: Option<i64>,
     /// Unix ms.
     pub created_at: i64,
     /// Unix ms.
@@ -61,9 +65,17 @@ impl JobRow {
     }
 }
 
+/// How long a claim holds when nobody says otherwise (the job service renews its claims every
+/// third of its lease).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 const JOB_COLUMNS: &str = "seq, id, kind, request, status, attempts, faults, last_error, owner_id, \
-     origin, backend, claimed_by, created_at, updated_at, started_at, finished_at, event_seq, \
-     model, pixels";
+     origin, backend, claimed_by, lease_until, created_at, updated_at, started_at, finished_at, \
+     event_seq, model, pixels";
 
 /// A job to insert.
 #[derive(Clone, Debug)]
@@ -316,10 +328,10 @@ impl Store {
         Ok(Some(n))
     }
 
-    /// Claims the oldest queued job for `backend` on `host`.
+    /// Claims the oldest queued job for `backend` on `host`, leased for [`DEFAULT_LEASE`].
     pub async fn claim_job(&self, host: &str, backend: &str) -> Result<Option<JobRow>> {
         Ok(self
-            .claim_jobs(host, backend, ClaimFilter::default(), 1)
+            .claim_jobs(host, backend, ClaimFilter::default(), 1, DEFAULT_LEASE)
             .await?
             .pop())
     }
@@ -338,20 +350,23 @@ impl Store {
     }
 
     /// Claims up to `limit` of the oldest queued jobs that `filter` lets through, oldest
-    /// first: each becomes running, its attempt counter and event sequence go up. Empty when
-    /// nothing fits (or every fitting row is locked by another host's claim).
+    /// first: each becomes running, its attempt counter and event sequence go up, and `host`
+    /// holds it for `lease` (see [`Store::renew_leases`]). Empty when nothing fits (or every
+    /// fitting row is locked by another host's claim).
     pub async fn claim_jobs(
         &self,
         host: &str,
         backend: &str,
         filter: ClaimFilter<'_>,
         limit: usize,
+        lease: Duration,
     ) -> Result<Vec<JobRow>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let mut rows =
-            retry_transient(|| self.claim_jobs_once(host, backend, filter, limit as i64)).await?;
+            retry_transient(|| self.claim_jobs_once(host, backend, filter, limit as i64, lease))
+                .await?;
         rows.sort_by_key(|row| row.seq);
         Ok(rows)
     }
@@ -362,12 +377,14 @@ impl Store {
         backend: &str,
         filter: ClaimFilter<'_>,
         limit: i64,
+        lease: Duration,
     ) -> Result<Vec<JobRow>> {
         let _turn = self.write_turn().await;
         const SET: &str = "UPDATE jobs SET status = 'running', attempts = attempts + 1, \
-             event_seq = event_seq + 1, claimed_by = ?, backend = ?, started_at = ?, \
-             updated_at = ?";
+             event_seq = event_seq + 1, claimed_by = ?, lease_until = ?, backend = ?, \
+             started_at = ?, updated_at = ?";
         let now = now_ms();
+        let until = now.saturating_add(duration_ms(lease));
         let pick = format!(
             "SELECT seq FROM jobs WHERE status = 'queued'{} ORDER BY seq LIMIT ?",
             filter.sql()
@@ -380,6 +397,7 @@ impl Store {
                 ));
                 let query = sqlx::query_as::<_, JobRow>(sql)
                     .bind(host)
+                    .bind(until)
                     .bind(backend)
                     .bind(now)
                     .bind(now);
@@ -400,6 +418,7 @@ impl Store {
                 Ok(query
                     .bind(limit)
                     .bind(host)
+                    .bind(until)
                     .bind(backend)
                     .bind(now)
                     .bind(now)
@@ -422,6 +441,7 @@ impl Store {
                 let update = AssertSqlSafe(format!("{SET} WHERE seq IN ({list})"));
                 let mut query = sqlx::query(update)
                     .bind(host)
+                    .bind(until)
                     .bind(backend)
                     .bind(now)
                     .bind(now);
@@ -597,7 +617,19 @@ impl Store {
         max_faults: i64,
         reason: &str,
     ) -> Result<Option<JobStatus>> {
-        retry_transient(|| self.fault_job_once(id, fence, max_faults, reason)).await
+        retry_transient(|| self.fault_job_once(id, fence, max_faults, reason, false)).await
+    }
+
+    /// [`Store::fault_job`] for a claim whose lease ran out: nothing happens if its host
+    /// renewed the lease meanwhile.
+    pub async fn expire_lease(
+        &self,
+        id: &str,
+        fence: i64,
+        max_faults: i64,
+        reason: &str,
+    ) -> Result<Option<JobStatus>> {
+        retry_transient(|| self.fault_job_once(id, fence, max_faults, reason, true)).await
     }
 
     async fn fault_job_once(
@@ -606,29 +638,37 @@ impl Store {
         fence: i64,
         max_faults: i64,
         reason: &str,
+        expired_only: bool,
     ) -> Result<Option<JobStatus>> {
         let _turn = self.write_turn().await;
         // `faults` is assigned last: MariaDB evaluates assignments left to right, PostgreSQL and
         // SQLite see old values everywhere; so every engine reads the old `faults` above.
-        let update = self.sql(
+        let update = self.sql(&format!(
             "UPDATE jobs SET status = CASE WHEN faults + 1 >= ? THEN 'failed' ELSE 'queued' END, \
              finished_at = CASE WHEN faults + 1 >= ? THEN ? ELSE NULL END, \
              last_error = ?, updated_at = ?, preview = NULL, event_seq = event_seq + 1, \
              faults = faults + 1 \
-             WHERE id = ? AND status = 'running' AND event_seq = ?",
-        );
+             WHERE id = ? AND status = 'running' AND event_seq = ?{}",
+            if expired_only {
+                " AND lease_until < ?"
+            } else {
+                ""
+            }
+        ));
         let select = self.sql("SELECT status FROM jobs WHERE id = ?");
         let now = now_ms();
         let status: Option<String> = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let changed = sqlx::query(update)
+            let query = sqlx::query(update)
                 .bind(max_faults)
                 .bind(max_faults)
                 .bind(now)
                 .bind(reason)
                 .bind(now)
                 .bind(id)
-                .bind(fence)
+                .bind(fence);
+            let query = if expired_only { query.bind(now) } else { query };
+            let changed = query
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -698,6 +738,32 @@ impl Store {
                 .rows_affected()
         });
         Ok((changed == 1).then_some(job))
+    }
+
+    /// Extends the leases of the jobs `host` runs to `lease` from now; how many it holds.
+    pub async fn renew_leases(&self, host: &str, lease: Duration) -> Result<u64> {
+        let _turn = self.write_turn().await;
+        let sql =
+            self.sql("UPDATE jobs SET lease_until = ? WHERE status = 'running' AND claimed_by = ?");
+        let until = now_ms().saturating_add(duration_ms(lease));
+        let n = on_pool!(self, pool => {
+            sqlx::query(sql).bind(until).bind(host).execute(pool).await?.rows_affected()
+        });
+        Ok(n)
+    }
+
+    /// Running jobs whose lease ran out (their host stopped renewing it), oldest first, at
+    /// most `limit`. Settle each with [`Store::fault_job`] on its `event_seq`: a host that
+    /// renews or settles it meanwhile wins, and the fault is not recorded twice.
+    pub async fn expired_leases(&self, limit: i64) -> Result<Vec<JobRow>> {
+        let sql = self.sql(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'running' AND lease_until < ? \
+             ORDER BY seq LIMIT ?"
+        ));
+        let rows = on_pool!(self, pool => {
+            sqlx::query_as::<_, JobRow>(sql).bind(now_ms()).bind(limit).fetch_all(pool).await?
+        });
+        Ok(rows)
     }
 
     /// Puts every job left running by `host` back in the queue (after a crash or at shutdown).

@@ -141,7 +141,7 @@ mod metadata;
 
 pub use catalog::ModelEntry;
 pub use images::{JobMeta, NewImage};
-pub use jobs::{ClaimFilter, Completion, Fence, JobRow, NewJob};
+pub use jobs::{ClaimFilter, Completion, DEFAULT_LEASE, Fence, JobRow, NewJob};
 pub use metadata::{MetadataRow, NewMetadata};
 
 /// The database, with its migrations applied.
