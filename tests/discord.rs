@@ -911,14 +911,7 @@ async fn resume_after_a_dropped_connection_and_a_429() {
         .collect();
     assert_eq!(statuses, [429, 204]);
     // /metrics: the session is up again.
-    let text = easel::forge::http_client()
-        .get(bot.server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = bot.server.metrics().await;
     let lines: Vec<&str> = text.lines().collect();
     assert!(
         lines.contains(&"easel_discord_gateway_connected 1"),

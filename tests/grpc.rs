@@ -364,14 +364,7 @@ async fn rate_limits_are_waited_out_within_the_clients_deadline() {
     assert_eq!(sent["ok"]["content"], "after the wait", "{sent}");
     assert!(started.elapsed() >= Duration::from_millis(400));
     assert_eq!(proxy.rest_calls("GET", &path), 2, "one 429, one retry");
-    let metrics = easel::forge::http_client()
-        .get(proxy.server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = proxy.server.metrics().await;
     assert!(
         metrics
             .lines()

@@ -264,14 +264,7 @@ async fn killed_worker_job_finishes_on_another() {
     // /metrics: the killed worker is gone from the pool, its job counted as a fault.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let text = easel::forge::http_client()
-            .get(server.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = server.metrics().await;
         let has = |line: &str| text.lines().any(|l| l == line);
         if has("easel_workers_connected 1") && has("easel_worker_faults_total 1") {
             break;

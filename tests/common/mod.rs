@@ -268,6 +268,8 @@ pub struct Server {
 /// How to start a server.
 pub struct ServerOptions<'a> {
     pub db_url: &'a str,
+    /// Extra keys of `[database]` (host id, lease).
+    pub database_toml: &'a str,
     pub dir: &'a Path,
     pub step_ms: u64,
     pub workers: u32,
@@ -284,6 +286,7 @@ impl Default for ServerOptions<'_> {
     fn default() -> Self {
         ServerOptions {
             db_url: "",
+            database_toml: "",
             dir: Path::new("."),
             step_ms: 0,
             workers: 1,
@@ -307,10 +310,11 @@ impl Server {
         let rt_port = free_port();
         let token = format!("test-superuser-{:08x}", rand::random::<u32>());
         let config = format!(
-            "[database]\nurl = {:?}\n[api]\nhttp_port = {port}\nrt_port = {rt_port}\nsecret_key = {:?}\n\
+            "[database]\nurl = {:?}\n{}\n[api]\nhttp_port = {port}\nrt_port = {rt_port}\nsecret_key = {:?}\n\
              [simulated]\nworkers = {}\nstep_ms = {}\n[misc_settings]\nlog_dir = \"logs\"\n\
              [workers]\nbind = \"tcp://127.0.0.1:{pool_port}\"\n{}\n{}\n",
             options.db_url,
+            options.database_toml,
             options.secret_key,
             options.workers,
             options.step_ms,
@@ -420,6 +424,18 @@ impl Server {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// `GET /metrics` from loopback: the Prometheus text.
+    pub async fn metrics(&self) -> String {
+        easel::forge::http_client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// Queues a txt2img job as the superuser; returns the job object.

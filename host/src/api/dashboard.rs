@@ -115,6 +115,7 @@ impl Views {
                     "created_at": row.created_at,
                     "started_at": if running { row.started_at } else { None },
                     "backend": if running { row.backend.clone() } else { None },
+                    "host": if running { row.claimed_by.clone() } else { None },
                     "attempts": row.attempts,
                 })
             })
@@ -137,6 +138,7 @@ impl Views {
             .filter(|name| self.drains.is_drained(name))
             .collect();
         json!({
+            "host": self.jobs.host(),
             "backends": self.drains.names(),
             "drained": drained,
             "forge": self.offer.states(),

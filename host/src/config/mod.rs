@@ -387,20 +387,50 @@ impl Default for MiscSettings {
 pub struct Database {
     /// `sqlite://FILE`, `mysql://…` / `mariadb://…`, or `postgres://…`.
     pub url: String,
+    /// This host's id in job claims, events, metrics and `easel status` (env `EASEL_HOST_ID`).
+    /// Empty: the one in `host_id_file`, generated (`<host name>-<8 hex digits>`) and written
+    /// there at the first start. Hosts sharing one database need different ids.
+    pub host_id: String,
+    /// Where a generated host id is kept.
+    pub host_id_file: String,
+    /// Seconds a job claim holds without renewal: a host renews its claims every third of it,
+    /// and any host requeues (as a fault) a running job whose lease ran out.
+    pub lease_s: f64,
 }
 
 impl Default for Database {
     fn default() -> Self {
         Self {
             url: "sqlite://easel.db".to_owned(),
+            host_id: String::new(),
+            host_id_file: "easel-host-id".to_owned(),
+            lease_s: 30.0,
         }
     }
+}
+
+impl Database {
+    /// `lease_s` as a duration.
+    pub fn lease(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.lease_s)
+    }
+}
+
+/// Whether `id` may name a host: 1 to 64 of `A-Z a-z 0-9 . _ : -`.
+pub fn valid_host_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 impl fmt::Debug for Database {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Database")
             .field("url", &redact_url(&self.url))
+            .field("host_id", &self.host_id)
+            .field("host_id_file", &self.host_id_file)
+            .field("lease_s", &self.lease_s)
             .finish()
     }
 }
@@ -831,6 +861,9 @@ impl Config {
         if let Some(v) = get("EASEL_WORKER_TOKEN").filter(|v| !v.is_empty()) {
             self.workers.token = v;
         }
+        if let Some(v) = get("EASEL_HOST_ID").filter(|v| !v.is_empty()) {
+            self.database.host_id = v;
+        }
         if let Some(v) = get("DATABASE_URL").filter(|v| !v.is_empty()) {
             self.database.url = v;
         } else if let Some(url) = navigator_database_url(&get) {
@@ -996,6 +1029,21 @@ impl Config {
                     expected: "a name no other [[forge]] entry has".to_owned(),
                 });
             }
+        }
+        if !self.database.host_id.is_empty() && !valid_host_id(&self.database.host_id) {
+            return Err(ConfigError::Invalid {
+                key: "database.host_id".to_owned(),
+                found: format!("{:?}", self.database.host_id),
+                expected: "1 to 64 letters, digits, '.', '_', ':' or '-'".to_owned(),
+            });
+        }
+        if !(self.database.lease_s.is_finite() && (0.3..=86_400.0).contains(&self.database.lease_s))
+        {
+            return Err(ConfigError::Invalid {
+                key: "database.lease_s".to_owned(),
+                found: self.database.lease_s.to_string(),
+                expected: "seconds from 0.3 to 86400".to_owned(),
+            });
         }
         crate::store::DatabaseKind::from_url(&self.database.url).map_err(|expected| {
             ConfigError::Invalid {
@@ -1460,6 +1508,31 @@ mod tests {
         let table = &config.plugins.settings["access"];
         assert_eq!(table.on_failure, Some(FailurePolicy::FailOpen));
         assert_eq!(table.values.get("min_role"), Some(&toml::Value::Integer(2)));
+    }
+
+    #[test]
+    fn host_ids_and_leases_are_checked() {
+        let mut config = Config::default();
+        config
+            .apply_env(|k| (k == "EASEL_HOST_ID").then(|| "gpu-box.2".to_owned()))
+            .unwrap();
+        assert_eq!(config.database.host_id, "gpu-box.2");
+        config.validate().unwrap();
+        config.database.host_id = "two words".to_owned();
+        let err = config.validate().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "config error: `database.host_id`: found \"two words\", expected 1 to 64 letters, digits, '.', '_', ':' or '-'"
+        );
+        let mut config = parse("[database]\nlease_s = 0.0\n").unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("`database.lease_s`: found 0"), "{err}");
+        config.database.lease_s = 2.5;
+        config.validate().unwrap();
+        assert_eq!(
+            config.database.lease(),
+            std::time::Duration::from_millis(2500)
+        );
     }
 
     #[test]

@@ -34,6 +34,16 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         "Always 1; the version is its label",
     ),
     (
+        "easel_host_info",
+        "gauge",
+        "Always 1; this host's id (the claims' claimed_by) is its label",
+    ),
+    (
+        "easel_job_leases_expired_total",
+        "counter",
+        "Running jobs requeued (as a fault) because their host's lease on them ran out",
+    ),
+    (
         "easel_jobs_queued_total",
         "counter",
         "Jobs queued, by front end",
@@ -216,6 +226,11 @@ impl Metrics {
             }),
             Err(err) => Err(MetricsError::Install(err.clone())),
         }
+    }
+
+    /// Labels this process's series with its host id (`easel_host_info`).
+    pub fn set_host(&self, host_id: &str) {
+        gauge!("easel_host_info", "host_id" => host_id.to_owned()).set(1.0);
     }
 
     /// Follows the job event stream until it closes.

@@ -62,10 +62,119 @@ pub enum ServeError {
         /// Why.
         source: std::io::Error,
     },
+    /// The host id file could not be read or written.
+    #[error("cannot keep this host's id in {path}: {source}")]
+    HostIdFile {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The host id file holds something that is not a host id.
+    #[error(
+        "{path} holds {found:?}, not a host id (1 to 64 letters, digits, '.', '_', ':' or '-'): \
+         fix or delete the file, or set [database] host_id"
+    )]
+    BadHostId {
+        /// The file.
+        path: String,
+        /// What it holds.
+        found: String,
+    },
+    /// Another easel host already serves from this SQLite file.
+    #[error(
+        "another easel host is using the SQLite database {path}: SQLite serves one host; \
+         several hosts share a PostgreSQL or MariaDB database"
+    )]
+    SqliteInUse {
+        /// The database file.
+        path: String,
+    },
 }
 
-/// The name this process claims jobs under: jobs it left running are requeued at its next
-/// start. Hosts sharing one database must have different names.
+/// This host's id (`[database] host_id`, else the one kept in `host_id_file`, else a new
+/// `<host name>-<8 hex digits>` written there): the name it claims jobs under, so jobs it left
+/// running are requeued at its next start, and other hosts tell its claims from theirs.
+pub fn host_id(config: &Config) -> Result<String, ServeError> {
+    if !config.database.host_id.is_empty() {
+        return Ok(config.database.host_id.clone());
+    }
+    let path = Path::new(&config.database.host_id_file);
+    let file_error = |source| ServeError::HostIdFile {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(kept) => {
+            let kept = kept.trim();
+            if crate::config::valid_host_id(kept) {
+                return Ok(kept.to_owned());
+            }
+            return Err(ServeError::BadHostId {
+                path: path.display().to_string(),
+                found: kept.chars().take(80).collect(),
+            });
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(file_error(err)),
+    }
+    let name: String = host_name()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(48)
+        .collect();
+    let id = format!("{name}-{:08x}", rand::random::<u32>());
+    std::fs::write(path, format!("{id}\n")).map_err(file_error)?;
+    tracing::info!(host_id = id, file = %path.display(), "generated this host's id");
+    Ok(id)
+}
+
+/// Holds an exclusive lock beside a SQLite database file while the server runs, so a second
+/// host on the same file stops at start instead of sharing a queue SQLite cannot lease.
+#[derive(Debug)]
+struct SqliteLock {
+    _file: Option<std::fs::File>,
+}
+
+impl SqliteLock {
+    fn take(url: &str) -> Result<Self, ServeError> {
+        let Some(db) = sqlite_file(url) else {
+            return Ok(Self { _file: None });
+        };
+        let path = PathBuf::from(format!("{}.host-lock", db.display()));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| ServeError::HostIdFile {
+                path: path.display().to_string(),
+                source,
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: Some(file) }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(ServeError::SqliteInUse {
+                path: db.display().to_string(),
+            }),
+            Err(std::fs::TryLockError::Error(source)) => Err(ServeError::HostIdFile {
+                path: path.display().to_string(),
+                source,
+            }),
+        }
+    }
+}
+
+/// The file of a `sqlite://FILE` (or `sqlite:FILE`) URL; `None` for other engines and for
+/// an in-memory database.
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let file = rest.split('?').next().unwrap_or_default();
+    (!file.is_empty() && !file.contains(":memory:")).then(|| PathBuf::from(file))
+}
+
+/// The machine's host name (the first part of a generated host id).
 pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -207,6 +316,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let url = redact_url(&config.database.url);
+    let _sqlite_lock = SqliteLock::take(&config.database.url)?;
+    let host = host_id(&config)?;
     let store = Store::connect(&config.database.url)
         .await
         .map_err(|source| ServeError::Store {
@@ -215,13 +326,18 @@ pub async fn run(
         })?;
     tracing::info!(database = %url, "store ready");
     let store = Arc::new(store);
-    let host = host_name();
+    tracing::info!(
+        host_id = host,
+        lease_s = config.database.lease_s,
+        "this host's id in job claims"
+    );
     let jobs = JobService::new(
         store.clone(),
         JobSettings {
             host: host.clone(),
             max_faults: config.workers.max_faults,
             event_buffer: event_buffer(),
+            lease: config.database.lease(),
         },
     );
     jobs.recover().await?;
@@ -330,6 +446,7 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let metrics = crate::metrics::Metrics::install()?;
+    metrics.set_host(&host);
     let metrics_follower = metrics.follow_jobs(jobs.subscribe());
     for note in &config.env_notes {
         tracing::warn!("{note}");

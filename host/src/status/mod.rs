@@ -106,6 +106,7 @@ pub fn render(snapshot: &Snapshot) -> String {
         .cloned()
         .unwrap_or_default();
     let running = jobs.iter().filter(|j| j["state"] == "running").count();
+    let _ = writeln!(out, "HOST  {}", text(&snapshot.backends["host"]));
     let _ = writeln!(
         out,
         "QUEUE  {} waiting, {running} running",
@@ -114,7 +115,7 @@ pub fn render(snapshot: &Snapshot) -> String {
     if !jobs.is_empty() {
         let _ = writeln!(
             out,
-            "  {:>4}  {:<10} {:<8} {:<9} {:<20} {:<20} {:>9} {:>7}  backend",
+            "  {:>4}  {:<10} {:<8} {:<9} {:<20} {:<20} {:>9} {:>7}  backend (host)",
             "pos", "job", "state", "from", "owner", "model", "size", "age"
         );
     }
@@ -125,7 +126,7 @@ pub fn render(snapshot: &Snapshot) -> String {
         };
         let _ = writeln!(
             out,
-            "  {:>4}  {:<10} {:<8} {:<9} {:<20} {:<20} {:>9} {:>6.0}s  {}",
+            "  {:>4}  {:<10} {:<8} {:<9} {:<20} {:<20} {:>9} {:>6.0}s  {}{}",
             position,
             text(&job["id"]),
             text(&job["state"]),
@@ -135,6 +136,10 @@ pub fn render(snapshot: &Snapshot) -> String {
             format!("{}x{}", text(&job["width"]), text(&job["height"])),
             job["age_s"].as_f64().unwrap_or_default(),
             text(&job["backend"]),
+            match job["host"].as_str() {
+                Some(host) => format!(" ({host})"),
+                None => String::new(),
+            },
         );
     }
     if jobs.len() > 30 {
@@ -216,11 +221,11 @@ mod tests {
         let snapshot = Snapshot {
             queue: json!({"queued": 1, "jobs": [
                 {"position": 0, "id": "aa11bb22", "state": "running", "front_end": "http", "owner_id": "111",
-                 "model": "sdxl", "width": 512, "height": 384, "age_s": 3.2, "backend": "forge-1", "attempts": 1},
+                 "model": "sdxl", "width": 512, "height": 384, "age_s": 3.2, "backend": "forge-1", "host": "gpu-box-1a2b3c4d", "attempts": 1},
                 {"position": 1, "id": "cc33dd44", "state": "queued", "front_end": "discord", "owner_id": "222",
                  "model": "", "width": 64, "height": 64, "age_s": 0.5, "backend": null, "attempts": 0},
             ]}),
-            backends: json!({"backends": ["forge", "workers"], "workers": {"connected": 2, "busy": 1, "dispatched": 5,
+            backends: json!({"host": "gpu-box-1a2b3c4d", "backends": ["forge", "workers"], "workers": {"connected": 2, "busy": 1, "dispatched": 5,
                 "finished": 4, "requeued": 1, "failed": 0}, "forge": [{"name": "gpu-1", "up": false,
                 "loaded_model": null, "current_job": null, "jobs_done": 7, "faults": 2, "last_error": "timed out"}]}),
             plugins: json!({"roles": [{"role": "parser", "plugin": "parser", "served_by": "plugin"}],
@@ -229,12 +234,13 @@ mod tests {
         };
         let screen = render(&snapshot);
         assert!(
-            screen.starts_with("QUEUE  1 waiting, 1 running\n"),
+            screen.starts_with("HOST  gpu-box-1a2b3c4d\nQUEUE  1 waiting, 1 running\n"),
             "{screen}"
         );
         assert!(screen.contains("aa11bb22   running"), "{screen}");
         assert!(screen.contains("cc33dd44   queued   discord"), "{screen}");
         assert!(screen.contains("512x384"), "{screen}");
+        assert!(screen.contains("forge-1 (gpu-box-1a2b3c4d)"), "{screen}");
         assert!(
             screen.contains("worker pool: 2 connected, 1 busy"),
             "{screen}"

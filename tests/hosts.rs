@@ -1,0 +1,195 @@
+//! Several easel hosts on one database, as separate processes on loopback: one queue shared
+//! through PostgreSQL or MariaDB, claims that are leases (a `kill -9`ed host's running jobs
+//! finish on the others once its lease runs out, none twice, none lost), host ids in the
+//! claims and in `/metrics`, and SQLite refusing a second host.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::{Engine, Server, ServerOptions, TestDb};
+use easel::store::{JobStatus, Store};
+use serde_json::json;
+
+const JOBS: usize = 30;
+const LEASE: &str = "lease_s = 1.5";
+
+/// The jobs `host` runs, as the store says.
+async fn held_by(store: &Store, host: &str) -> Vec<String> {
+    store
+        .unfinished_jobs(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|row| row.status() == JobStatus::Running && row.claimed_by.as_deref() == Some(host))
+        .map(|row| row.id)
+        .collect()
+}
+
+async fn dead_hosts_jobs_finish_elsewhere(engine: Engine) {
+    let Some(db) = TestDb::create(engine).await else {
+        return;
+    };
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    // Hosts a and b are named in their configuration; the third generates its id.
+    let tomls = [
+        format!("host_id = \"host-a\"\n{LEASE}"),
+        format!("host_id = \"host-b\"\n{LEASE}"),
+        LEASE.to_owned(),
+    ];
+    let mut servers = Vec::new();
+    for (dir, toml) in dirs.iter().zip(&tomls) {
+        servers.push(
+            Server::start(ServerOptions {
+                db_url: &db.url,
+                database_toml: toml,
+                dir: dir.path(),
+                step_ms: 40,
+                workers: 1,
+                ..ServerOptions::default()
+            })
+            .await,
+        );
+    }
+    let generated = std::fs::read_to_string(dirs[2].path().join("easel-host-id")).unwrap();
+    let generated = generated.trim().to_owned();
+    assert!(
+        generated.len() > 9 && generated.rsplit('-').next().unwrap().len() == 8,
+        "{generated:?}"
+    );
+    let hosts = ["host-a".to_owned(), "host-b".to_owned(), generated.clone()];
+
+    // Each host says who it is in /metrics.
+    for (server, host) in servers.iter().zip(&hosts) {
+        let text = server.metrics().await;
+        let line = format!("easel_host_info{{host_id=\"{host}\"}} 1");
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
+
+    // Jobs submitted round-robin over the three HTTP APIs.
+    let mut ids = Vec::new();
+    for n in 0..JOBS {
+        let job = servers[n % 3]
+            .queue(json!({"model_name": "m", "prompt": format!("job {n}"), "steps": 8}))
+            .await;
+        ids.push(job["job_id"].as_str().unwrap().to_owned());
+    }
+
+    // kill -9 host-a while it runs a job.
+    let store = Store::connect(&db.url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while held_by(&store, "host-a").await.is_empty() {
+        assert!(Instant::now() < deadline, "host-a never ran a job");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    servers[0].kill();
+    let killed = Instant::now();
+    // What host-a held when it died (it claims its next job as soon as one ends).
+    let held = held_by(&store, "host-a").await;
+    assert!(!held.is_empty(), "host-a held nothing when it died");
+
+    // Every job finishes, on b or the third host for what a held.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut done = 0;
+        for id in &ids {
+            if store.job(id).await.unwrap().unwrap().status() == JobStatus::Finished {
+                done += 1;
+            }
+        }
+        if done == JOBS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done} of {JOBS} finished; host b:\n{}",
+            servers[1].stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let held: HashSet<String> = held.into_iter().collect();
+    for id in &ids {
+        let row = store.job(id).await.unwrap().unwrap();
+        if held.contains(id) {
+            // Ran once on host-a (lost), once more elsewhere after the lease: one fault.
+            assert_eq!((row.attempts, row.faults), (2, 1), "{row:?}");
+            assert_ne!(row.claimed_by.as_deref(), Some("host-a"), "{row:?}");
+            let picture = store.image_png(id).await.unwrap().expect("its picture");
+            assert!(picture.starts_with(b"\x89PNG"));
+        } else {
+            // Nothing else ran twice.
+            assert_eq!((row.attempts, row.faults), (1, 0), "{row:?}");
+        }
+        assert!(hosts.contains(row.claimed_by.as_ref().unwrap()), "{row:?}");
+    }
+    // The survivors said why, and not before the lease could run out.
+    let expired: Vec<String> = servers[1..]
+        .iter()
+        .flat_map(|s| s.lines_with("a job's lease ran out"))
+        .collect();
+    assert_eq!(expired.len(), held.len(), "{expired:?}");
+    assert!(expired.iter().all(|l| l.contains("host-a")), "{expired:?}");
+    assert!(killed.elapsed() >= Duration::from_millis(1000));
+    store.close().await;
+    drop(servers);
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_dead_hosts_jobs_finish_elsewhere() {
+    dead_hosts_jobs_finish_elsewhere(Engine::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_dead_hosts_jobs_finish_elsewhere() {
+    dead_hosts_jobs_finish_elsewhere(Engine::MySql).await;
+}
+
+/// SQLite serves one host: a second `easel serve` on the same file stops at start and says
+/// why; once the first is gone the file is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_refuses_a_second_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("easel.db").display());
+    let mut first = Server::start(ServerOptions {
+        db_url: &db,
+        dir: dir.path(),
+        ..ServerOptions::default()
+    })
+    .await;
+    let second_dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[database]\nurl = {db:?}\n[api]\nhttp_port = {}\nrt_port = {}\n\
+         [workers]\nbind = \"\"\n[misc_settings]\nlog_dir = \"logs\"\n",
+        common::free_port(),
+        common::free_port()
+    );
+    std::fs::write(second_dir.path().join("config.toml"), config).unwrap();
+    let second = std::process::Command::new(common::easel_bin())
+        .arg("serve")
+        .arg("--config")
+        .arg(second_dir.path().join("config.toml"))
+        .current_dir(second_dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("another easel host is using the SQLite database")
+            && stderr.contains("PostgreSQL or MariaDB"),
+        "{stderr}"
+    );
+    // The first host is unharmed, and after it stops the file serves a new host.
+    first
+        .queue(json!({"model_name": "m", "prompt": "still here", "steps": 2}))
+        .await;
+    first.kill();
+    let again = Server::start(ServerOptions {
+        db_url: &db,
+        dir: dir.path(),
+        ..ServerOptions::default()
+    })
+    .await;
+    drop(again);
+}
