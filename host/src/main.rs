@@ -168,6 +168,13 @@ enum Bench {
         /// Database URL (default: a temporary SQLite file).
         #[arg(long)]
         database: Option<String>,
+        /// Instead: clusters of 1 to N `easel serve` processes on one PostgreSQL or MariaDB
+        /// `--database` (jobs/s per cluster), and a killed host's job running again.
+        #[arg(long)]
+        hosts: Option<usize>,
+        /// With --hosts: the lease of the recovery phase, in seconds.
+        #[arg(long, default_value_t = 2.0)]
+        lease_s: f64,
     },
     /// Plugin call cost against a trivial component, and reload latency.
     Plugins {
@@ -580,8 +587,35 @@ fn main() -> ExitCode {
                 Bench::Jobs {
                     jobs,
                     workers,
+                    database: Some(database),
+                    hosts: Some(hosts),
+                    lease_s,
+                    ..
+                },
+        } => block_on(
+            "bench failed",
+            easel::bench::hosts(easel::bench::HostsBenchOptions {
+                hosts,
+                jobs,
+                workers,
+                database,
+                lease_s,
+            }),
+        ),
+        Command::Bench {
+            what: Bench::Jobs { hosts: Some(_), .. },
+        } => {
+            eprintln!("easel bench jobs --hosts needs --database (a PostgreSQL or MariaDB URL)");
+            ExitCode::from(2)
+        }
+        Command::Bench {
+            what:
+                Bench::Jobs {
+                    jobs,
+                    workers,
                     size,
                     database,
+                    ..
                 },
         } => block_on(
             "bench failed",

@@ -44,7 +44,8 @@ pub async fn api(options: ApiBenchOptions) -> Result<(), BenchError> {
     .await
 }
 
-struct Server {
+/// A child `easel serve`, killed (`kill -9`) and its folder removed when dropped.
+pub(super) struct Server {
     child: Child,
     port: u16,
     rt_port: u16,
@@ -65,7 +66,13 @@ fn free_port() -> Result<u16, BenchError> {
         .port())
 }
 
-async fn start_server(url: &str, extra: &str) -> Result<Server, BenchError> {
+/// Starts `easel serve` on the database at `url` in a folder of its own, with more
+/// `[database]` keys and more sections; returns once it answers.
+pub(super) async fn start_server(
+    url: &str,
+    database: &str,
+    extra: &str,
+) -> Result<Server, BenchError> {
     let dir = std::env::temp_dir().join(format!(
         "easel-bench-api-{}-{:08x}",
         std::process::id(),
@@ -75,7 +82,7 @@ async fn start_server(url: &str, extra: &str) -> Result<Server, BenchError> {
     let port = free_port()?;
     let rt_port = free_port()?;
     let config = format!(
-        "[database]\nurl = {url:?}\n[api]\nhttp_port = {port}\nrt_port = {rt_port}\nsecret_key = {SECRET:?}\n\
+        "[database]\nurl = {url:?}\n{database}\n[api]\nhttp_port = {port}\nrt_port = {rt_port}\nsecret_key = {SECRET:?}\n\
          superuser_token = \"bench-superuser\"\n[workers]\nbind = \"\"\n\
          [misc_settings]\nlog_dir = {:?}\n{extra}",
         dir.join("logs").display().to_string()
@@ -184,7 +191,7 @@ async fn api_on(url: &str, options: &ApiBenchOptions) -> Result<(), BenchError> 
     .map_err(|err| BenchError::Other(err.to_string()))?;
     let authorization = format!("Bearer {token}");
 
-    let server = start_server(url, "").await?;
+    let server = start_server(url, "", "").await?;
     println!(
         "easel bench api: {:?} database, simulated backend, {:.0} s per measurement, load from this process",
         kind, options.seconds
@@ -269,7 +276,7 @@ async fn events_on(base_url: &str, authorization: &str) -> Result<(), BenchError
     );
     let url = next_url();
     enrol(&url).await?;
-    let instant = start_server(&url, "[simulated]\nworkers = 1\nstep_ms = 0\n").await?;
+    let instant = start_server(&url, "", "[simulated]\nworkers = 1\nstep_ms = 0\n").await?;
     let mut events = listen(instant.rt_port).await?;
     round(instant.port, authorization, &small, 50, 1, &mut events).await?;
     let idle = one_by_one(instant.port, authorization, &small, 300, &mut events).await?;
@@ -281,7 +288,7 @@ async fn events_on(base_url: &str, authorization: &str) -> Result<(), BenchError
     println!("\nend to end: 1000 jobs over 16 connections, every task-finished awaited");
     let url = next_url();
     enrol(&url).await?;
-    let sim = start_server(&url, "[simulated]\nworkers = 4\nstep_ms = 0\n").await?;
+    let sim = start_server(&url, "", "[simulated]\nworkers = 4\nstep_ms = 0\n").await?;
     let mut events = listen(sim.rt_port).await?;
     round(sim.port, authorization, &small, 50, 4, &mut events).await?;
     let simulated = round(sim.port, authorization, &small, 1000, 16, &mut events).await?;
@@ -299,7 +306,7 @@ async fn events_on(base_url: &str, authorization: &str) -> Result<(), BenchError
             }
             let url = next_url();
             enrol(&url).await?;
-            let server = start_server(&url, &extra).await?;
+            let server = start_server(&url, "", &extra).await?;
             tokio::time::sleep(Duration::from_millis(300)).await;
             let mut events = listen(server.rt_port).await?;
             round(server.port, authorization, &small, 50, 4, &mut events).await?;

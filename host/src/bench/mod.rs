@@ -1,7 +1,8 @@
 //! `easel bench`: measurements printed beside a baseline taken in the same run, on the same
 //! machine (these machines are noisy: a ratio to a same-run baseline is what compares).
 //!
-//! * `jobs` — the job pipeline against the store alone;
+//! * `jobs` — the job pipeline against the store alone; with `--hosts N`, clusters of 1 to N
+//!   `easel serve` processes on one database, and a killed host's jobs coming back;
 //! * `pool` — worker-pool dispatch against a bare ZeroMQ round-trip loop;
 //! * `plugins` — plugin calls against a trivial component, and reload latency;
 //! * `api` — authenticated submits over HTTP against `GET /` on the same server;
@@ -9,6 +10,7 @@
 
 mod api;
 mod grpc;
+mod hosts;
 mod jobs;
 mod plugins;
 mod pool;
@@ -18,6 +20,7 @@ use std::time::Duration;
 
 pub use api::{ApiBenchOptions, api};
 pub use grpc::{GrpcBenchOptions, grpc};
+pub use hosts::{HostsBenchOptions, hosts};
 pub use jobs::{BenchOptions, run};
 pub use plugins::plugins;
 pub use pool::{PoolBenchOptions, pool};
