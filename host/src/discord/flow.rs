@@ -732,7 +732,9 @@ impl Bot {
                 }
                 Received::Closed => return,
             };
-            if !matches!(event.kind, EventKind::Requeued { revived: true, .. })
+            // A revival taken on another host is that host's bot's to answer.
+            if event.relayed
+                || !matches!(event.kind, EventKind::Requeued { revived: true, .. })
                 || !matches!(*event.origin, Origin::Discord { .. })
             {
                 continue;

@@ -38,6 +38,12 @@ pub struct JobEvent {
     pub owner: Arc<str>,
     /// Where the request came from.
     pub origin: Arc<Origin>,
+    /// The host whose job service produced it (for a catch-up read from the store: the host
+    /// that claimed the job last, or empty).
+    pub host: Arc<str>,
+    /// It was produced by another host sharing the database and relayed here
+    /// ([`super::relay`]); counters of this host's own work skip such events.
+    pub relayed: bool,
     /// What happened.
     pub kind: EventKind,
 }
@@ -322,6 +328,14 @@ impl JobWatch {
                     }
                     let event = self.progress.borrow_and_update().clone();
                     if let Some(event) = event.filter(|e| e.seq >= self.seen) {
+                        if event.seq > self.seen {
+                            // Progress of an attempt whose start this watch never saw (it
+                            // came before the watch, or from a host whose notice was lost):
+                            // the store tells the start first.
+                            if let Some(start) = self.catch_up_quietly().await {
+                                return Some(start);
+                            }
+                        }
                         self.quiet = FIRST_CATCH_UP;
                         return Some(event);
                     }
@@ -405,6 +419,8 @@ impl JobWatch {
             seq: row.event_seq,
             owner: Arc::from(row.owner_id.as_str()),
             origin: Arc::new(Origin::parse(row.origin.as_deref())),
+            host: Arc::from(row.claimed_by.as_deref().unwrap_or_default()),
+            relayed: false,
             kind,
         };
         Some(self.report(event))

@@ -17,12 +17,16 @@
 //! (that host died), so hosts sharing a database lose nothing when one is killed. At start,
 //! jobs this host left running (a crash, `kill -9`) go back to the queue at once.
 //!
+//! With several hosts on one database, [`relay`] carries every event to the other hosts
+//! (PostgreSQL `NOTIFY`, a polled table on MariaDB) and replays theirs here.
+//!
 //! Submissions and results are group-committed ([`writer`]); the queue depth is kept in
 //! memory (recounted from the store every [`RECOUNT`]).
 
 pub mod backend;
 mod events;
 mod model;
+mod relay;
 mod writer;
 
 use std::collections::HashSet;
@@ -248,6 +252,8 @@ pub struct JobService {
     interrupted: Mutex<HashSet<JobId>>,
     /// Jobs waiting, as this process counts them.
     queued: Arc<AtomicI64>,
+    /// `settings.host`, as events carry it.
+    host_id: Arc<str>,
 }
 
 impl std::fmt::Debug for JobService {
@@ -272,6 +278,7 @@ impl JobService {
             hub: Arc::new(events::Hub::start(settings.event_buffer)),
             writers: writer::Writers::start(store.clone()),
             store,
+            host_id: Arc::from(settings.host.as_str()),
             settings,
             work,
             interrupted: Mutex::new(HashSet::new()),
@@ -305,6 +312,12 @@ impl JobService {
             }
         });
         service
+    }
+
+    /// Relays job events to and from the other hosts sharing the database (nothing on
+    /// SQLite); call once, from the server. See [`relay`].
+    pub fn relay_events(self: &Arc<Self>) {
+        relay::start(self);
     }
 
     /// Renews the leases of this host's running jobs, then requeues (as a fault) the running
@@ -359,7 +372,7 @@ impl JobService {
             store: self.store.clone(),
             hub: self.hub.clone(),
             queued: self.queued.clone(),
-            host: Arc::from(self.settings.host.as_str()),
+            host: self.host_id.clone(),
         }
     }
 
@@ -390,8 +403,36 @@ impl JobService {
             seq,
             owner: owner.clone(),
             origin: origin.clone(),
+            host: self.host_id.clone(),
+            relayed: false,
             kind,
         });
+    }
+
+    /// An event another host produced (see [`relay`]): an interrupt of a job this host runs
+    /// reaches its backend, a job queued elsewhere wakes the idle backends here, and the event
+    /// goes to this host's watchers and subscribers.
+    async fn accept_relayed(&self, event: JobEvent) {
+        match &event.kind {
+            EventKind::Interrupted { was_running: true } => {
+                match self.store.job(event.job.as_str()).await {
+                    Ok(Some(row)) if row.claimed_by.as_deref() == Some(self.host()) => {
+                        tracing::info!(job_id = %event.job, from = %event.host, "job interrupted on another host");
+                        self.interrupted
+                            .lock()
+                            .expect("interrupt set poisoned")
+                            .insert(event.job.clone());
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!(job_id = %event.job, error = %err, "cannot check a relayed interrupt");
+                    }
+                }
+            }
+            EventKind::Queued | EventKind::Requeued { .. } => self.wake_backends(),
+            _ => {}
+        }
+        self.hub.emit(event);
     }
 
     fn wake_backends(&self) {

@@ -278,6 +278,14 @@ fn record(jobs: &mut HashMap<JobId, Times>, event: JobEvent, now: Instant) {
     if jobs.len() >= FOLLOWED {
         jobs.clear();
     }
+    if event.relayed {
+        // Another host's work is counted there; only when a job was queued matters here (its
+        // queue wait if this host runs it).
+        if event.kind == EventKind::Queued {
+            jobs.entry(event.job).or_default().queued = Some(now);
+        }
+        return;
+    }
     let front_end = event.origin.front_end();
     match event.kind {
         EventKind::Queued => {

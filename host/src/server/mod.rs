@@ -341,6 +341,7 @@ pub async fn run(
         },
     );
     jobs.recover().await?;
+    jobs.relay_events();
     let accounts = Arc::new(Accounts::with_demo(
         store.clone(),
         config.api.enable_demo_user,
@@ -464,6 +465,9 @@ pub async fn run(
         accounts.clone(),
         config.api.greet,
     );
+    if store.is_shared() {
+        realtime.follow_other_hosts(jobs.reader());
+    }
     let rt_addr = format!("{}:{}", config.api.bind, config.api.rt_port);
     let rt_listener = tokio::net::TcpListener::bind(&rt_addr)
         .await

@@ -138,11 +138,13 @@ mod catalog;
 mod images;
 mod jobs;
 mod metadata;
+mod relay;
 
 pub use catalog::ModelEntry;
 pub use images::{JobMeta, NewImage};
 pub use jobs::{ClaimFilter, Completion, DEFAULT_LEASE, Fence, JobRow, NewJob};
 pub use metadata::{MetadataRow, NewMetadata};
+pub use relay::{EventFeed, MAX_PAYLOAD};
 
 /// The database, with its migrations applied.
 pub struct Store {
