@@ -1,13 +1,16 @@
 //! Several easel hosts on one database, as separate processes on loopback: one queue shared
 //! through PostgreSQL or MariaDB, claims that are leases (a `kill -9`ed host's running jobs
 //! finish on the others once its lease runs out, none twice, none lost), host ids in the
-//! claims and in `/metrics`, and SQLite refusing a second host.
+//! claims and in `/metrics`, events relayed between hosts (a socket.io client on one host
+//! sees a job queued on a second and run on a third; an interrupt taken on the first stops
+//! the third's backend), and SQLite refusing a second host.
 
 mod common;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use common::socketio::{SocketClient, SocketOptions};
 use common::{Engine, Server, ServerOptions, TestDb};
 use easel::store::{JobStatus, Store};
 use serde_json::json;
@@ -144,6 +147,115 @@ async fn postgres_dead_hosts_jobs_finish_elsewhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_dead_hosts_jobs_finish_elsewhere() {
     dead_hosts_jobs_finish_elsewhere(Engine::MySql).await;
+}
+
+/// Hosts a and b have no backend; c runs everything.
+async fn events_and_interrupts_cross_hosts(engine: Engine) {
+    let Some(db) = TestDb::create(engine).await else {
+        return;
+    };
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut servers = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let toml = format!("host_id = \"host-{}\"", ["a", "b", "c"][i]);
+        servers.push(
+            Server::start(ServerOptions {
+                db_url: &db.url,
+                database_toml: &toml,
+                dir: dir.path(),
+                step_ms: 100,
+                workers: u32::from(i == 2),
+                ..ServerOptions::default()
+            })
+            .await,
+        );
+    }
+    let (a, b, c) = (&servers[0], &servers[1], &servers[2]);
+    // A socket.io client of host a, reached by its address (as Compass is).
+    let mut socket = SocketClient::connect(
+        &format!("http://127.0.0.1:{}", a.rt_port),
+        SocketOptions::default(),
+    );
+    socket.wait_for("connect", Duration::from_secs(20)).await;
+
+    let job = b
+        .queue(json!({"model_name": "m", "prompt": "a fox", "steps": 5}))
+        .await;
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    let started = socket
+        .wait_for_job("task-started", &id, Duration::from_secs(20))
+        .await;
+    assert_eq!(started["data"]["status"], "started", "{started}");
+    assert_eq!(started["data"]["origin"], "127.0.0.1", "{started}");
+    assert!(
+        started["data"].get("prompt").is_none(),
+        "cleansed: {started}"
+    );
+    socket
+        .wait_for_job("task-finished", &id, Duration::from_secs(20))
+        .await;
+    let store = Store::connect(&db.url).await.unwrap();
+    let row = store.job(&id).await.unwrap().unwrap();
+    assert_eq!(row.claimed_by.as_deref(), Some("host-c"));
+
+    // A long job runs on c; a's interrupt reaches c's backend, which takes the next job.
+    let long = b
+        .queue(json!({"model_name": "m", "prompt": "a long fox", "steps": 200}))
+        .await;
+    let long = long["job_id"].as_str().unwrap().to_owned();
+    let next = b
+        .queue(json!({"model_name": "m", "prompt": "the next fox", "steps": 2}))
+        .await;
+    let next = next["job_id"].as_str().unwrap().to_owned();
+    socket
+        .wait_for_job("task-started", &long, Duration::from_secs(20))
+        .await;
+    let interrupted = easel::forge::http_client()
+        .post(a.url(&format!("/api/queue/interrupt/{long}")))
+        .header("Authorization", &a.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        interrupted.status(),
+        200,
+        "{}",
+        interrupted.text().await.unwrap()
+    );
+    let asked = Instant::now();
+    socket
+        .wait_for_job("task-interrupted", &long, Duration::from_secs(20))
+        .await;
+    // The long job had 19 s to go: c's backend must have stopped it to run the next one.
+    socket
+        .wait_for_job("task-finished", &next, Duration::from_secs(10))
+        .await;
+    assert!(asked.elapsed() < Duration::from_secs(10));
+    c.wait_log("job interrupted on another host", 1).await;
+    assert_eq!(
+        store
+            .job(&next)
+            .await
+            .unwrap()
+            .unwrap()
+            .claimed_by
+            .as_deref(),
+        Some("host-c")
+    );
+    store.close().await;
+    drop(socket);
+    drop(servers);
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_events_and_interrupts_cross_hosts() {
+    events_and_interrupts_cross_hosts(Engine::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_events_and_interrupts_cross_hosts() {
+    events_and_interrupts_cross_hosts(Engine::MySql).await;
 }
 
 /// SQLite serves one host: a second `easel serve` on the same file stops at start and says

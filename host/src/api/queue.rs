@@ -535,25 +535,22 @@ async fn resolve_names(state: &AppState, request: &mut Txt2Img) {
     }
 }
 
-/// Queues a normalised txt2img request for `owner` and answers with Navigator's job object;
-/// the job's events go to socket.io.
-async fn queue_txt2img(
-    state: &AppState,
+/// Navigator's job object for a queued txt2img job, and the cleansed task its socket.io
+/// events carry (no prompt, owner, size or queue size).
+pub(super) fn txt2img_job(
+    request: &Txt2Img,
+    job_id: &str,
     owner: &str,
-    role: i64,
-    mut request: Txt2Img,
-    origin: String,
-) -> Result<Response, ApiError> {
-    resolve_names(state, &mut request).await;
-    let submitted = submit(state, owner, role, request, &origin).await?;
-    let request = &submitted.request;
+    origin: &str,
+    queue_size: i64,
+) -> Result<(Value, Map<String, Value>), ApiError> {
     let job = NavigatorJob {
         kind: "txt2img",
         model_name: &request.model_name,
         prompt: &request.prompt,
         negative_prompt: request.negative_prompt.as_deref(),
         owner_id: owner,
-        job_id: submitted.job.as_str(),
+        job_id,
         width: request.width,
         height: request.height,
         steps: request.steps,
@@ -565,10 +562,10 @@ async fn queue_txt2img(
         scheduler_name: &request.scheduler_name,
         denoising_strength: request.denoising_strength,
         force_hr_fix: request.force_hr_fix,
-        queue_size: i64::try_from(submitted.queue_depth).unwrap_or(i64::MAX),
+        queue_size,
         task_type: "txt2img",
         status: "queued",
-        origin: &origin,
+        origin,
         category_id: request.category_id,
         image_enhancements: request.image_enhancements,
         subseed: request.subseed,
@@ -588,6 +585,28 @@ async fn queue_txt2img(
     ] {
         task.shift_remove(key);
     }
+    Ok((answer, task))
+}
+
+/// Queues a normalised txt2img request for `owner` and answers with Navigator's job object;
+/// the job's events go to socket.io.
+async fn queue_txt2img(
+    state: &AppState,
+    owner: &str,
+    role: i64,
+    mut request: Txt2Img,
+    origin: String,
+) -> Result<Response, ApiError> {
+    resolve_names(state, &mut request).await;
+    let submitted = submit(state, owner, role, request, &origin).await?;
+    let queue_size = i64::try_from(submitted.queue_depth).unwrap_or(i64::MAX);
+    let (answer, task) = txt2img_job(
+        &submitted.request,
+        submitted.job.as_str(),
+        owner,
+        &origin,
+        queue_size,
+    )?;
     follow(state, submitted, task, owner, &origin, true);
     Ok(Json(answer).into_response())
 }

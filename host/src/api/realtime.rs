@@ -22,8 +22,9 @@
 //! `job_id` as Navigator's documentation asks, and see at most a repeat.
 //!
 //! One actor task owns the followed jobs and emits; the HTTP routes hand it a [`JobWatch`]
-//! per job they queue (so no state change is missed, whatever the broadcast does). Consumes
-//! job events; emits socket.io events.
+//! per job they queue (so no state change is missed, whatever the broadcast does), and so
+//! does [`Realtime::follow_other_hosts`] for txt2img jobs queued over HTTP on other hosts
+//! sharing the database (relayed events). Consumes job events; emits socket.io events.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -40,7 +41,7 @@ use tokio::sync::mpsc;
 
 use super::Authenticator;
 use crate::accounts::Accounts;
-use crate::jobs::{EventKind, JobEvent, JobId, JobReader, JobWatch};
+use crate::jobs::{EventKind, JobEvent, JobId, JobReader, JobWatch, Origin, Received, Task};
 
 /// A terminal event of a job that ended this soon after being queued is sent again.
 pub const REPLAY_WINDOW: Duration = Duration::from_secs(10);
@@ -210,6 +211,60 @@ impl Realtime {
         });
     }
 
+    /// Follows the HTTP jobs of other hosts sharing the database (their relayed events), so
+    /// a socket on this host gets its user's or address's events wherever the job was queued
+    /// or runs. Ends with the job service.
+    pub fn follow_other_hosts(&self, jobs: JobReader) {
+        let rt = self.clone();
+        tokio::spawn(async move {
+            let mut events = jobs.subscribe();
+            let mut known = KnownJobs::default();
+            loop {
+                let event = match events.recv().await {
+                    Received::Event(event) => event,
+                    Received::Lagged(_) => continue,
+                    Received::Closed => return,
+                };
+                let Origin::Http { client } = &*event.origin else {
+                    continue;
+                };
+                if !event.relayed || event.kind.is_terminal() || !known.insert(&event.job) {
+                    continue;
+                }
+                // Watched before anything else is read, so no later event is missed.
+                let watch = jobs.watch(event.job.clone());
+                let request = match jobs.request(event.job.as_str()).await {
+                    Ok(Some(request)) if request.task == Task::Txt2Img => request,
+                    Ok(_) => continue,
+                    Err(err) => {
+                        tracing::debug!(job_id = %event.job, error = %err, "cannot read another host's job");
+                        continue;
+                    }
+                };
+                let Ok((_, task)) = super::queue::txt2img_job(
+                    &request,
+                    event.job.as_str(),
+                    &event.owner,
+                    client,
+                    0,
+                ) else {
+                    continue;
+                };
+                rt.follow(
+                    watch,
+                    Followed {
+                        task,
+                        owner: event.owner.to_string(),
+                        origin: Some(client.clone()),
+                        reports_seed: true,
+                    },
+                );
+                // The event that made it known came before the watch: hand it on too.
+                let _ = rt.inbox.send(Msg::Event(event));
+            }
+        });
+    }
+
     /// `event` with `data` to every socket.
     pub async fn to_all(&self, event: &str, data: &Value) {
         if let Err(err) = self.io.emit(event, data).await {
@@ -220,6 +275,31 @@ impl Realtime {
     /// Disconnects every socket (at shutdown: long-polls and websockets end now).
     pub async fn close(&self) {
         self.io.close().await;
+    }
+}
+
+/// The jobs of other hosts already followed (the latest [`KNOWN_JOBS`]).
+#[derive(Default)]
+struct KnownJobs {
+    set: std::collections::HashSet<JobId>,
+    order: std::collections::VecDeque<JobId>,
+}
+
+const KNOWN_JOBS: usize = 10_000;
+
+impl KnownJobs {
+    /// False if `job` was known already.
+    fn insert(&mut self, job: &JobId) -> bool {
+        if !self.set.insert(job.clone()) {
+            return false;
+        }
+        self.order.push_back(job.clone());
+        if self.order.len() > KNOWN_JOBS
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
     }
 }
 
