@@ -707,7 +707,8 @@ impl Bot {
             );
         }
         for row in rows {
-            self.follow_row(row, None).await;
+            let watch = self.jobs.watch(row.id.as_str().into());
+            self.follow_row(row, watch, None).await;
         }
     }
 
@@ -739,8 +740,10 @@ impl Bot {
             {
                 continue;
             }
+            // Watched before anything is read: its start may come any moment.
+            let watch = self.jobs.watch(event.job.clone());
             match self.jobs.job(event.job.as_str()).await {
-                Ok(Some(row)) => self.follow_row(row, Some(Stage::Queued)).await,
+                Ok(Some(row)) => self.follow_row(row, watch, Some(Stage::Queued)).await,
                 Ok(None) => {}
                 Err(err) => {
                     tracing::warn!(job_id = %event.job, error = %err, "cannot read a requeued Discord job");
@@ -749,8 +752,9 @@ impl Bot {
         }
     }
 
-    /// Follows one stored Discord job to its end (showing `first`, if any, before its events).
-    async fn follow_row(self: &Arc<Self>, row: JobRow, first: Option<Stage>) {
+    /// Follows one stored Discord job through `watch` to its end (showing `first`, if any,
+    /// before its events).
+    async fn follow_row(self: &Arc<Self>, row: JobRow, watch: JobWatch, first: Option<Stage>) {
         let origin = Origin::parse(row.origin.as_deref());
         let Some((target, user)) = Target::from_origin(&origin) else {
             return;
@@ -783,7 +787,6 @@ impl Bot {
             )
             .await;
         }
-        let watch = self.jobs.watch(row.id.as_str().into());
         tokio::spawn(self.clone().follow(watch, followed, None));
     }
 }
