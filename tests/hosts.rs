@@ -1,6 +1,7 @@
 //! Several easel hosts on one database, as separate processes on loopback: one queue shared
-//! through PostgreSQL or MariaDB, claims that are leases (a `kill -9`ed host's running jobs
-//! finish on the others once its lease runs out, none twice, none lost), host ids in the
+//! through PostgreSQL or MariaDB (2,000 jobs submitted round-robin over the hosts' HTTP APIs,
+//! run by ZeroMQ workers on every host), claims that are leases (a `kill -9`ed host's running
+//! jobs finish on the others once its lease runs out, none twice, none lost), host ids in the
 //! claims and in `/metrics`, events relayed between hosts (a socket.io client on one host
 //! sees a job queued on a second and run on a third; an interrupt taken on the first stops
 //! the third's backend), and SQLite refusing a second host.
@@ -15,8 +16,32 @@ use common::{Engine, Server, ServerOptions, TestDb};
 use easel::store::{JobStatus, Store};
 use serde_json::json;
 
-const JOBS: usize = 30;
+const JOBS: usize = 2000;
 const LEASE: &str = "lease_s = 1.5";
+
+/// An `easel worker` on a host's pool, killed when dropped.
+struct Worker(std::process::Child);
+
+impl Worker {
+    fn start(pool_port: u16) -> Worker {
+        let child = std::process::Command::new(common::easel_bin())
+            .args(["worker", "--host-ip", "127.0.0.1", "--host-port"])
+            .arg(pool_port.to_string())
+            .args(["--step-ms", "1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Worker(child)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 /// The jobs `host` runs, as the store says.
 async fn held_by(store: &Store, host: &str) -> Vec<String> {
@@ -48,13 +73,22 @@ async fn dead_hosts_jobs_finish_elsewhere(engine: Engine) {
                 db_url: &db.url,
                 database_toml: toml,
                 dir: dir.path(),
-                step_ms: 40,
-                workers: 1,
+                workers: 0,
                 ..ServerOptions::default()
             })
             .await,
         );
     }
+    // Two ZeroMQ workers (`easel worker`, 1 ms per step) on each host's pool.
+    let _workers: Vec<Worker> = servers
+        .iter()
+        .flat_map(|server| {
+            [
+                Worker::start(server.pool_port),
+                Worker::start(server.pool_port),
+            ]
+        })
+        .collect();
     let generated = std::fs::read_to_string(dirs[2].path().join("easel-host-id")).unwrap();
     let generated = generated.trim().to_owned();
     assert!(
@@ -70,21 +104,32 @@ async fn dead_hosts_jobs_finish_elsewhere(engine: Engine) {
         assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
     }
 
-    // Jobs submitted round-robin over the three HTTP APIs.
+    // Jobs submitted round-robin over the three HTTP APIs, 48 requests in flight.
     let mut ids = Vec::new();
-    for n in 0..JOBS {
-        let job = servers[n % 3]
-            .queue(json!({"model_name": "m", "prompt": format!("job {n}"), "steps": 8}))
-            .await;
-        ids.push(job["job_id"].as_str().unwrap().to_owned());
+    let numbers: Vec<usize> = (0..JOBS).collect();
+    for chunk in numbers.chunks(48) {
+        let answers = futures_util::future::join_all(chunk.iter().map(|n| {
+            servers[n % 3].queue(json!({
+                "model_name": "m", "prompt": format!("job {n}"), "steps": 2,
+                "width": 64, "height": 64,
+            }))
+        }))
+        .await;
+        ids.extend(
+            answers
+                .iter()
+                .map(|job| job["job_id"].as_str().unwrap().to_owned()),
+        );
     }
 
-    // kill -9 host-a while it runs a job.
+    // kill -9 host-a mid-run, while it holds jobs.
     let store = Store::connect(&db.url).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while held_by(&store, "host-a").await.is_empty() {
-        assert!(Instant::now() < deadline, "host-a never ran a job");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store.count_jobs(JobStatus::Finished).await.unwrap() < (JOBS / 3) as i64
+        || held_by(&store, "host-a").await.is_empty()
+    {
+        assert!(Instant::now() < deadline, "host-a never ran a job mid-run");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     servers[0].kill();
     let killed = Instant::now();
@@ -93,15 +138,10 @@ async fn dead_hosts_jobs_finish_elsewhere(engine: Engine) {
     assert!(!held.is_empty(), "host-a held nothing when it died");
 
     // Every job finishes, on b or the third host for what a held.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let mut done = 0;
-        for id in &ids {
-            if store.job(id).await.unwrap().unwrap().status() == JobStatus::Finished {
-                done += 1;
-            }
-        }
-        if done == JOBS {
+        let done = store.count_jobs(JobStatus::Finished).await.unwrap();
+        if done == JOBS as i64 {
             break;
         }
         assert!(
@@ -112,8 +152,12 @@ async fn dead_hosts_jobs_finish_elsewhere(engine: Engine) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let held: HashSet<String> = held.into_iter().collect();
-    for id in &ids {
-        let row = store.job(id).await.unwrap().unwrap();
+    let rows = store.jobs().await.unwrap();
+    assert_eq!(rows.len(), JOBS);
+    let ids: HashSet<&String> = ids.iter().collect();
+    for row in &rows {
+        let id = &row.id;
+        assert!(ids.contains(id), "{row:?}");
         if held.contains(id) {
             // Ran once on host-a (lost), once more elsewhere after the lease: one fault.
             assert_eq!((row.attempts, row.faults), (2, 1), "{row:?}");
