@@ -11,6 +11,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use common::discord::{Author, Channel, FakeDiscord, Guild};
 use common::socketio::{SocketClient, SocketOptions};
 use common::{Engine, Server, ServerOptions, TestDb};
 use easel::store::{JobStatus, Store};
@@ -300,6 +301,83 @@ async fn postgres_events_and_interrupts_cross_hosts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_events_and_interrupts_cross_hosts() {
     events_and_interrupts_cross_hosts(Engine::MySql).await;
+}
+
+/// The Discord bot on one host, the backend on another: the user's picture comes back.
+async fn a_discord_job_runs_on_another_host(engine: Engine) {
+    let Some(db) = TestDb::create(engine).await else {
+        return;
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let fake = FakeDiscord::start(
+        Author::bot(1000, "easel"),
+        3000,
+        vec![Guild {
+            id: 100,
+            name: "Studio".into(),
+            channels: vec![Channel::text(10, "art")],
+        }],
+    )
+    .await;
+    let discord = format!(
+        "[auth]\ndiscord_token = \"test-token\"\n[grpc]\nenabled = false\n[discord]\n\
+         gateway_url = {:?}\napi_base = \"http://{}\"\nannounce = false\ncommands = \"off\"\n",
+        fake.gateway_url, fake.api_host
+    );
+    let (bot_dir, gpu_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let _bot = Server::start(ServerOptions {
+        db_url: &db.url,
+        database_toml: "host_id = \"bot-host\"",
+        dir: bot_dir.path(),
+        workers: 0,
+        extra_toml: &discord,
+        ..ServerOptions::default()
+    })
+    .await;
+    let _gpu = Server::start(ServerOptions {
+        db_url: &db.url,
+        database_toml: "host_id = \"gpu-host\"",
+        dir: gpu_dir.path(),
+        workers: 1,
+        step_ms: 10,
+        ..ServerOptions::default()
+    })
+    .await;
+    fake.wait_ready(Duration::from_secs(20)).await;
+    let message = fake
+        .message(10, &Author::user(2000, "alice"), "/art a red fox --steps 3")
+        .await;
+    let replied = |c: &common::discord::RestCall| {
+        c.is("POST", "/api/v10/channels/10/messages")
+            && !c.files.is_empty()
+            && c.json.as_ref().is_some_and(|j| {
+                j["message_reference"]["message_id"].as_str() == Some(&message.to_string())
+            })
+    };
+    let calls = fake
+        .wait_for_calls(1, replied, Duration::from_secs(30))
+        .await;
+    let text = calls[0].json.as_ref().unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(text.starts_with("Parsed args: "), "{text}");
+    let store = Store::connect(&db.url).await.unwrap();
+    let rows = store.jobs().await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].claimed_by.as_deref(), Some("gpu-host"));
+    store.close().await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_discord_job_runs_on_another_host() {
+    a_discord_job_runs_on_another_host(Engine::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_a_discord_job_runs_on_another_host() {
+    a_discord_job_runs_on_another_host(Engine::MySql).await;
 }
 
 /// SQLite serves one host: a second `easel serve` on the same file stops at start and says
