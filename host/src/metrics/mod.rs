@@ -172,7 +172,7 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
     (
         "easel_discord_gateway_connected",
         "gauge",
-        "1 while the Discord gateway session is ready (0 after an error, until it resumes)",
+        "1 while the shard's Discord gateway session is ready (0 after an error, until it resumes), by shard",
     ),
     (
         "easel_discord_rest_429_total",

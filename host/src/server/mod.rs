@@ -331,6 +331,9 @@ pub async fn run(
         lease_s = config.database.lease_s,
         "this host's id in job claims"
     );
+    // Before anything that counts (the Discord shards, the job service's lease keeper).
+    let metrics = crate::metrics::Metrics::install()?;
+    metrics.set_host(&host);
     let jobs = JobService::new(
         store.clone(),
         JobSettings {
@@ -446,8 +449,6 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let metrics = crate::metrics::Metrics::install()?;
-    metrics.set_host(&host);
     let metrics_follower = metrics.follow_jobs(jobs.subscribe());
     for note in &config.env_notes {
         tracing::warn!("{note}");
