@@ -914,7 +914,7 @@ async fn resume_after_a_dropped_connection_and_a_429() {
     let text = bot.server.metrics().await;
     let lines: Vec<&str> = text.lines().collect();
     assert!(
-        lines.contains(&"easel_discord_gateway_connected 1"),
+        lines.contains(&"easel_discord_gateway_connected{shard=\"0\"} 1"),
         "{text}"
     );
     // The reaction's 429, waited out, is counted.
@@ -1218,4 +1218,100 @@ async fn queue_position_is_off_by_default() {
         0,
         "nothing edited"
     );
+}
+
+/// Two hosts of one bot with disjoint shard ranges (`0/2` and `1/2`): each identifies only
+/// its shard and gets only its guilds; a message in a guild of either is answered once, by
+/// the host whose shard has that guild.
+#[tokio::test]
+async fn two_hosts_split_the_shards() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // Guild ids whose shard of 2 is 0 and 1 (Discord's rule: (id >> 22) % total).
+    let (even, odd) = (2u64 << 22, 3u64 << 22);
+    let fake = FakeDiscord::start(
+        Author::bot(1000, "easel"),
+        APP,
+        vec![
+            Guild {
+                id: even,
+                name: "Even".into(),
+                channels: vec![Channel::text(20, "art")],
+            },
+            Guild {
+                id: odd,
+                name: "Odd".into(),
+                channels: vec![Channel::text(30, "art")],
+            },
+        ],
+    )
+    .await;
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut hosts = Vec::new();
+    for (dir, shards) in dirs.iter().zip(["0/2", "1/2"]) {
+        let db = format!("sqlite://{}", dir.path().join("easel.db").display());
+        let extra = format!(
+            "[auth]\ndiscord_token = \"test-token\"\n[grpc]\nenabled = false\n\
+             [discord]\ngateway_url = {:?}\napi_base = \"http://{}\"\nannounce = false\n\
+             commands = \"off\"\nshards = {shards:?}\n",
+            fake.gateway_url, fake.api_host
+        );
+        hosts.push(
+            Server::start(ServerOptions {
+                db_url: &db,
+                dir: dir.path(),
+                extra_toml: &extra,
+                ..ServerOptions::default()
+            })
+            .await,
+        );
+    }
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while fake.identified_shards().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "both shards identify");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut identified = fake.identified_shards();
+    identified.sort();
+    assert_eq!(identified, [(0, 2), (1, 2)]);
+    for host in &hosts {
+        let ready = host.wait_log("Discord ready", 1).await;
+        assert!(ready[0].contains("guilds=1"), "{ready:?}");
+    }
+    let metrics = [hosts[0].metrics().await, hosts[1].metrics().await];
+    assert!(metrics[0].contains("easel_discord_gateway_connected{shard=\"0\"} 1"));
+    assert!(metrics[1].contains("easel_discord_gateway_connected{shard=\"1\"} 1"));
+    assert!(!metrics[0].contains("shard=\"1\""));
+
+    for (channel, host) in [(20u64, 0usize), (30, 1)] {
+        let id = fake
+            .message(channel, &alice(), "/art a fox --steps 2")
+            .await;
+        let expected: Vec<String> = finished("{'prompt': 'a fox', 'cfg': 7.5, 'steps': 2}");
+        // finished() names the simulated backend; only its first reaction is checked here.
+        let calls = fake
+            .wait_for_calls(expected.len(), |c| about(c, channel, id).is_some(), TIMEOUT)
+            .await;
+        let seen: Vec<String> = calls.iter().filter_map(|c| about(c, channel, id)).collect();
+        assert_eq!(seen[0], "+👍", "{seen:?}");
+        assert!(seen.last().unwrap().ends_with("[file]"), "{seen:?}");
+        // Answered once: one reply, by the host whose shard has the guild.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let replies = fake
+            .calls()
+            .iter()
+            .filter(|c| about(c, channel, id).is_some_and(|a| a.starts_with("reply:")))
+            .count();
+        assert_eq!(replies, 1, "message in channel {channel}");
+        // Each host has its own database here: the one that answered queued and ran it.
+        assert_eq!(
+            hosts[host].lines_with("job started").len(),
+            1,
+            "host {host}"
+        );
+        assert_eq!(
+            hosts[1 - host].lines_with("job started").len(),
+            usize::from(host == 1),
+            "the other host ran only its own job"
+        );
+    }
 }

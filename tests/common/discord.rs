@@ -294,8 +294,16 @@ struct FakeState {
     last_id: u64,
     /// Dispatches (event type, data) waiting for an identified connection.
     outbox: VecDeque<(String, Value)>,
-    /// The connection that sent READY/RESUMED and is still open.
+    /// The connection that sent READY/RESUMED and is still open (the last one).
     active_conn: Option<u64>,
+    /// Every connection that identified or resumed and is still open, with its shard
+    /// `(id, total)`: dispatches go to the shard of their guild (`guild_id >> 22 % total`),
+    /// DMs to shard 0.
+    shards: HashMap<u64, (u64, u64)>,
+    /// The shard of the current session (for a RESUME).
+    session_shard: (u64, u64),
+    /// `(id, total)` of every IDENTIFY, in order.
+    identified: Vec<(u64, u64)>,
     /// Connections whose socket is still open.
     open_conns: HashSet<u64>,
     /// Last connection id handed out.
@@ -354,6 +362,9 @@ impl FakeDiscord {
                 last_id: 0,
                 outbox: VecDeque::new(),
                 active_conn: None,
+                shards: HashMap::new(),
+                session_shard: (0, 1),
+                identified: Vec::new(),
                 open_conns: HashSet::new(),
                 next_conn: 0,
                 close_request: None,
@@ -673,6 +684,11 @@ impl FakeDiscord {
         self.shared.lock().queries.clone()
     }
 
+    /// `(shard id, total)` of every IDENTIFY so far, in order.
+    pub fn identified_shards(&self) -> Vec<(u64, u64)> {
+        self.shared.lock().identified.clone()
+    }
+
     /// The `d` of the last IDENTIFY (token, intents, properties, shard...).
     pub fn identify_payload(&self) -> Option<Value> {
         self.shared.lock().last_identify.clone()
@@ -990,6 +1006,7 @@ async fn gateway_conn(shared: Arc<Shared>, tcp: TcpStream, mut shutdown: watch::
     }
     let mut st = shared.lock();
     st.open_conns.remove(&id);
+    st.shards.remove(&id);
     if st.active_conn == Some(id) {
         st.active_conn = None;
     }
@@ -1030,7 +1047,7 @@ async fn conn_loop(
                             st.close_request = None;
                             Wake::Close(code)
                         }
-                        _ if st.active_conn == Some(id) => Wake::Send(drain_outbox(&mut st)),
+                        _ if st.shards.contains_key(&id) => Wake::Send(drain_outbox(&mut st, id)),
                         _ => Wake::Send(Vec::new()),
                     }
                 };
@@ -1043,6 +1060,7 @@ async fn conn_loop(
                     Wake::Close(code) => {
                         {
                             let mut st = shared.lock();
+                            st.shards.remove(&id);
                             if st.active_conn == Some(id) {
                                 st.active_conn = None;
                             }
@@ -1095,14 +1113,24 @@ fn handle_op(shared: &Shared, conn: u64, payload: &Value) -> Vec<String> {
             st.session_id = Some(session.clone());
             st.seq = 0;
             let shard = d.get("shard").cloned().unwrap_or(json!([0, 1]));
+            let (id, total) = (
+                shard[0].as_u64().unwrap_or(0),
+                shard[1].as_u64().unwrap_or(1).max(1),
+            );
+            st.identified.push((id, total));
+            st.session_shard = (id, total);
+            st.shards.insert(conn, (id, total));
             let ready = ready_data(shared, &st, &session, shard);
             let mut frames = vec![dispatch_frame(&mut st, "READY", ready)];
             for guild in st.guilds.clone() {
+                if shard_of(guild.id, total) != id {
+                    continue;
+                }
                 let data = guild_data(&shared.bot, &guild);
                 frames.push(dispatch_frame(&mut st, "GUILD_CREATE", data));
             }
             st.active_conn = Some(conn);
-            frames.extend(drain_outbox(&mut st));
+            frames.extend(drain_outbox(&mut st, conn));
             check_frames(&mut st, &frames);
             frames
         }
@@ -1113,7 +1141,9 @@ fn handle_op(shared: &Shared, conn: u64, payload: &Value) -> Vec<String> {
             {
                 let mut frames = vec![dispatch_frame(&mut st, "RESUMED", json!({}))];
                 st.active_conn = Some(conn);
-                frames.extend(drain_outbox(&mut st));
+                let shard = st.session_shard;
+                st.shards.insert(conn, shard);
+                frames.extend(drain_outbox(&mut st, conn));
                 check_frames(&mut st, &frames);
                 frames
             } else {
@@ -1136,13 +1166,26 @@ fn dispatch_frame(st: &mut FakeState, event_type: &str, data: Value) -> String {
     json!({"op": 0, "s": st.seq, "t": event_type, "d": data}).to_string()
 }
 
-/// Numbers and serializes every queued dispatch.
-fn drain_outbox(st: &mut FakeState) -> Vec<String> {
+/// The shard a guild's events go to, of `total` (Discord's rule).
+fn shard_of(guild_id: u64, total: u64) -> u64 {
+    (guild_id >> 22) % total.max(1)
+}
+
+/// Numbers and serializes every queued dispatch for connection `conn`'s shard (the others
+/// wait for theirs).
+fn drain_outbox(st: &mut FakeState, conn: u64) -> Vec<String> {
+    let (shard, total) = st.shards.get(&conn).copied().unwrap_or((0, 1));
     let pending: Vec<(String, Value)> = st.outbox.drain(..).collect();
-    pending
-        .into_iter()
-        .map(|(t, d)| dispatch_frame(st, &t, d))
-        .collect()
+    let mut frames = Vec::new();
+    for (t, d) in pending {
+        let guild = d["guild_id"].as_str().and_then(|g| g.parse::<u64>().ok());
+        if guild.map_or(0, |g| shard_of(g, total)) == shard {
+            frames.push(dispatch_frame(st, &t, d));
+        } else {
+            st.outbox.push_back((t, d));
+        }
+    }
+    frames
 }
 
 /// Parses a gateway frame exactly as the shard will.
@@ -1168,10 +1211,15 @@ fn check_frames(st: &mut FakeState, frames: &[String]) {
 
 /// `d` of READY.
 fn ready_data(shared: &Shared, st: &FakeState, session: &str, shard: Value) -> Value {
+    let (id, total) = (
+        shard[0].as_u64().unwrap_or(0),
+        shard[1].as_u64().unwrap_or(1),
+    );
     json!({
         "v": 10,
         "user": current_user_json(&shared.bot),
         "guilds": st.guilds.iter()
+            .filter(|g| shard_of(g.id, total) == id)
             .map(|g| json!({"id": g.id.to_string(), "unavailable": true}))
             .collect::<Vec<_>>(),
         "session_id": session,

@@ -264,6 +264,10 @@ pub struct Discord {
     /// live preview when there is one; at most one edit every 2 s) and replaced by the result.
     /// Off by default: the seed shows progress by reactions alone.
     pub progress: bool,
+    /// The gateway shards this host runs, as `FIRST..END/TOTAL` (shard ids FIRST to END-1 of
+    /// TOTAL, e.g. `0..4/16`) or `ID/TOTAL`; `""`: the one shard of one. Hosts sharing one bot
+    /// split `0..TOTAL` between them.
+    pub shards: String,
     /// `[discord.settings]`.
     pub settings: DiscordSettings,
     /// `[discord.style]`.
@@ -285,6 +289,7 @@ impl Default for Discord {
             server_error_backoff_ms: 1000,
             queue_position: false,
             progress: false,
+            shards: String::new(),
             settings: DiscordSettings::default(),
             style: DiscordStyle::default(),
         }
@@ -414,6 +419,24 @@ impl Database {
     pub fn lease(&self) -> std::time::Duration {
         std::time::Duration::from_secs_f64(self.lease_s)
     }
+}
+
+/// `[discord] shards`: the shard ids this host runs and the total; `None` if malformed.
+pub fn parse_shards(text: &str) -> Option<(std::ops::Range<u32>, u32)> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Some((0..1, 1));
+    }
+    let (ids, total) = text.split_once('/')?;
+    let total: u32 = total.trim().parse().ok()?;
+    let ids = match ids.split_once("..") {
+        Some((first, end)) => first.trim().parse().ok()?..end.trim().parse().ok()?,
+        None => {
+            let id: u32 = ids.trim().parse().ok()?;
+            id..id.checked_add(1)?
+        }
+    };
+    (ids.start < ids.end && ids.end <= total).then_some((ids, total))
 }
 
 /// Whether `id` may name a host: 1 to 64 of `A-Z a-z 0-9 . _ : -`.
@@ -1128,6 +1151,15 @@ impl Config {
                 expected: "1-60000 ms and at least 1 MiB".to_owned(),
             });
         }
+        if parse_shards(&self.discord.shards).is_none() {
+            return Err(ConfigError::Invalid {
+                key: "discord.shards".to_owned(),
+                found: format!("{:?}", self.discord.shards),
+                expected: "\"FIRST..END/TOTAL\" with FIRST < END <= TOTAL (e.g. \"0..4/16\"), \
+                    \"ID/TOTAL\", or \"\" for one shard"
+                    .to_owned(),
+            });
+        }
         if self.discord.global_rate_limit == 0 {
             return Err(ConfigError::Invalid {
                 key: "discord.global_rate_limit".to_owned(),
@@ -1508,6 +1540,20 @@ mod tests {
         let table = &config.plugins.settings["access"];
         assert_eq!(table.on_failure, Some(FailurePolicy::FailOpen));
         assert_eq!(table.values.get("min_role"), Some(&toml::Value::Integer(2)));
+    }
+
+    #[test]
+    fn shard_ranges_parse() {
+        assert_eq!(parse_shards(""), Some((0..1, 1)));
+        assert_eq!(parse_shards("0..4/16"), Some((0..4, 16)));
+        assert_eq!(parse_shards(" 3/4 "), Some((3..4, 4)));
+        for bad in ["4..4/16", "0..17/16", "5/4", "0..2", "a..b/2", "1..0/2"] {
+            assert_eq!(parse_shards(bad), None, "{bad}");
+        }
+        let mut config = Config::default();
+        config.discord.shards = "0..3/2".to_owned();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("`discord.shards`: found \"0..3/2\""), "{err}");
     }
 
     #[test]

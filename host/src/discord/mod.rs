@@ -1,5 +1,6 @@
-//! The Discord front end: a twilight gateway shard and HTTP client, Stably Discordant's message
-//! flow run through the policy plugins, the `/art` slash command, and result buttons.
+//! The Discord front end: twilight gateway shards (`[discord] shards`: the range this host runs;
+//! one shard by default) and an HTTP client, Stably Discordant's message flow run through the
+//! policy plugins, the `/art` slash command, and result buttons.
 //!
 //! A message goes access plugin (the intake's admission) → parser plugin → the intake (model
 //! policy, limits, queue); the reactions plugin decides what the bot shows at every stage
@@ -47,6 +48,9 @@ pub enum DiscordError {
     /// `[discord] api_base` is not a usable URL.
     #[error("[discord] api_base {0:?} is not an http:// or https:// URL")]
     ApiBase(String),
+    /// `[discord] shards` is not a shard range.
+    #[error("[discord] shards {0:?} is not FIRST..END/TOTAL, ID/TOTAL or empty")]
+    Shards(String),
 }
 
 /// What the bot learns about itself at READY.
@@ -173,7 +177,13 @@ pub fn start(
     if !discord.gateway_url.is_empty() {
         shard_config = shard_config.proxy_url(discord.gateway_url.trim_end_matches('/').to_owned());
     }
-    let shard = Shard::with_config(ShardId::ONE, shard_config.build());
+    let (ids, total) = crate::config::parse_shards(&discord.shards)
+        .ok_or_else(|| DiscordError::Shards(discord.shards.clone()))?;
+    let shard_config = shard_config.build();
+    let shards: Vec<Shard> = ids
+        .clone()
+        .map(|id| Shard::with_config(ShardId::new(id, total), shard_config.clone()))
+        .collect();
     let bot = Arc::new(Bot {
         messenger,
         intake: services.intake,
@@ -194,15 +204,26 @@ pub fn start(
     });
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(bot.clone().adopt_unfinished());
-    let tasks = vec![
-        tokio::spawn(bot.clone().follow_revived(stopped.clone())),
-        tokio::spawn(gateway_loop(bot, shard, stopped)),
-    ];
-    tracing::info!("Discord front end starting");
+    let mut tasks = vec![tokio::spawn(bot.clone().follow_revived(stopped.clone()))];
+    for shard in shards {
+        tasks.push(tokio::spawn(gateway_loop(
+            bot.clone(),
+            shard,
+            stopped.clone(),
+        )));
+    }
+    tracing::info!(shards = ?ids, total, "Discord front end starting");
     Ok(DiscordHandle { stop, tasks })
 }
 
 async fn gateway_loop(bot: Arc<Bot>, mut shard: Shard, mut stopped: watch::Receiver<bool>) {
+    let id = shard.id().number();
+    // Looked up at each change: the recorder may be installed after the shard starts.
+    let connected =
+        |up: bool| {
+            metrics::gauge!("easel_discord_gateway_connected", "shard" => id.to_string())
+                .set(if up { 1.0 } else { 0.0 });
+        };
     let flags = EventTypeFlags::READY
         | EventTypeFlags::RESUMED
         | EventTypeFlags::GUILD_CREATE
@@ -220,7 +241,7 @@ async fn gateway_loop(bot: Arc<Bot>, mut shard: Shard, mut stopped: watch::Recei
         let next = tokio::select! {
             _ = stopped.changed() => {
                 shard.close(CloseFrame::NORMAL);
-                metrics::gauge!("easel_discord_gateway_connected").set(0.0);
+                connected(false);
                 // Let the close frame go out.
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(2), shard.next_event(flags)).await;
                 return;
@@ -231,12 +252,15 @@ async fn gateway_loop(bot: Arc<Bot>, mut shard: Shard, mut stopped: watch::Recei
             None => return,
             Some(Ok(event)) => event,
             Some(Err(err)) => {
-                tracing::warn!(error = %err, "Discord gateway error; the shard reconnects");
-                metrics::gauge!("easel_discord_gateway_connected").set(0.0);
+                tracing::warn!(shard = id, error = %err, "Discord gateway error; the shard reconnects");
+                connected(false);
                 continue;
             }
         };
-        bot.on_event(event);
+        if matches!(event, Event::Ready(_) | Event::Resumed) {
+            connected(true);
+        }
+        bot.on_event(id, event);
     }
 }
 
@@ -245,7 +269,8 @@ impl Bot {
         self.messenger.http()
     }
 
-    fn on_event(self: &Arc<Self>, event: Event) {
+    /// One gateway event of shard `shard`.
+    fn on_event(self: &Arc<Self>, shard: u32, event: Event) {
         match event {
             Event::Ready(ready) => {
                 let me = Me {
@@ -253,16 +278,15 @@ impl Bot {
                     application: ready.application.id,
                 };
                 let _ = self.me.set(me);
-                metrics::gauge!("easel_discord_gateway_connected").set(1.0);
-                tracing::info!(user = %ready.user.name, guilds = ready.guilds.len(), "Discord ready");
-                if self.settings.commands == Commands::Global {
+                tracing::info!(shard, user = %ready.user.name, guilds = ready.guilds.len(), "Discord ready");
+                // Global commands are the bot's, not a shard's: shard 0's host registers them.
+                if self.settings.commands == Commands::Global && shard == 0 {
                     let bot = self.clone();
                     tokio::spawn(async move { bot.register_commands(None).await });
                 }
             }
             Event::Resumed => {
-                metrics::gauge!("easel_discord_gateway_connected").set(1.0);
-                tracing::info!("Discord session resumed");
+                tracing::info!(shard, "Discord session resumed");
             }
             Event::GuildCreate(guild) => {
                 if let twilight_model::gateway::payload::incoming::GuildCreate::Available(guild) =
