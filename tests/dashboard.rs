@@ -163,6 +163,9 @@ async fn dashboard_stream_and_actions() {
         first["backends"]["backends"],
         json!(["simulated", "workers"])
     );
+    // This host's id, generated at its first start (`easel-host-id` in its folder).
+    let host = std::fs::read_to_string(dir.path().join("easel-host-id")).unwrap();
+    assert_eq!(first["backends"]["host"], host.trim());
     assert_eq!(first["plugins"]["plugins"][0]["name"], "access");
     assert_eq!(
         first["sparklines"]["finished"].as_array().unwrap().len(),

@@ -40,6 +40,7 @@ try {
   await page.click("#login-form button");
   await page.waitForSelector("#board:not([hidden])");
   await page.waitForFunction(() => document.querySelector("#status").textContent === "live");
+  await page.waitForFunction(() => document.querySelector("#host").textContent.startsWith("host "));
 
   const queue = async (prompt) => {
     const answer = await fetch(base + "/api/queue/user/txt2img", {

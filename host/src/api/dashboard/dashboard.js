@@ -92,12 +92,13 @@ function render(state) {
     el("td", {}, j.model || "(default)"),
     el("td", {}, j.width + "×" + j.height),
     el("td", {}, age(now - j.created_at)),
-    el("td", {}, j.backend || ""),
+    el("td", {}, j.backend ? (j.host ? j.backend + " @ " + j.host : j.backend) : ""),
     el("td", {}, String(j.attempts)),
     el("td", {}, el("button", { type: "button", class: "cancel", onclick: () => act("/api/admin/jobs/" + j.id + "/cancel", "cancel " + j.id) }, "Cancel")),
   )));
 
   const b = state.backends || {};
+  $("host").textContent = b.host ? "host " + b.host : "";
   const drained = new Set(b.drained || []);
   fill("backends", (b.backends || []).map((name) => el("tr", { "data-backend": name },
     el("td", {}, name),
