@@ -301,11 +301,31 @@ impl Default for ServerOptions<'_> {
 impl Server {
     /// Starts `easel serve` in `dir` with a config file written there; waits until it answers.
     pub async fn start(options: ServerOptions<'_>) -> Server {
-        Self::start_with_pool_port(options, free_port()).await
+        Self::start_on(&options, None).await
     }
 
     /// Like [`Server::start`], with the worker pool on `pool_port`.
     pub async fn start_with_pool_port(options: ServerOptions<'_>, pool_port: u16) -> Server {
+        Self::start_on(&options, Some(pool_port)).await
+    }
+
+    /// Starts the server on free ports; a port another test took between [`free_port`] and
+    /// the server's bind is drawn again (a few times).
+    async fn start_on(options: &ServerOptions<'_>, pool_port: Option<u16>) -> Server {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::try_start(options, pool_port.unwrap_or_else(free_port)).await {
+                Ok(server) => return server,
+                Err(stderr) if attempt < 5 && stderr.contains("Address already in use") => {
+                    eprintln!("a port was taken meanwhile; starting easel again");
+                }
+                Err(stderr) => panic!("easel did not start; stderr:\n{stderr}"),
+            }
+        }
+    }
+
+    async fn try_start(options: &ServerOptions<'_>, pool_port: u16) -> Result<Server, String> {
         let port = free_port();
         let rt_port = free_port();
         let token = format!("test-superuser-{:08x}", rand::random::<u32>());
@@ -342,7 +362,7 @@ impl Server {
                 sink.lock().unwrap().push(line);
             }
         });
-        let server = Server {
+        let mut server = Server {
             child,
             port,
             rt_port,
@@ -352,20 +372,40 @@ impl Server {
             lines,
             reader,
         };
-        server.wait_ready().await;
-        server
+        server.wait_ready().await?;
+        Ok(server)
     }
 
-    async fn wait_ready(&self) {
+    /// Waits until this server (not another test's on the same port) listens and answers;
+    /// its stderr if it stopped or did not answer in 60 s.
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         let client = easel::forge::http_client();
+        // "HTTP API listening address=<bind>:<port> host=…"
+        let listening = format!(":{} ", self.port);
         while Instant::now() < deadline {
-            if client.get(self.url("/")).send().await.is_ok() {
-                return;
+            if let Ok(Some(_)) = self.child.try_wait() {
+                // Stopped: everything it wrote is in once the pipe closes.
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    while !self.reader.is_finished() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                })
+                .await;
+                return Err(self.stderr());
+            }
+            let mine = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("HTTP API listening") && l.contains(&listening));
+            if mine && client.get(self.url("/")).send().await.is_ok() {
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("easel did not answer in 60 s; stderr:\n{}", self.stderr());
+        Err(format!("no answer in 60 s:\n{}", self.stderr()))
     }
 
     pub fn url(&self, path: &str) -> String {
