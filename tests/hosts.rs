@@ -24,11 +24,16 @@ const LEASE: &str = "lease_s = 1.5";
 struct Worker(std::process::Child);
 
 impl Worker {
+    /// 1 ms per step.
     fn start(pool_port: u16) -> Worker {
+        Worker::start_with(pool_port, "1")
+    }
+
+    fn start_with(pool_port: u16, step_ms: &str) -> Worker {
         let child = std::process::Command::new(common::easel_bin())
             .args(["worker", "--host-ip", "127.0.0.1", "--host-port"])
             .arg(pool_port.to_string())
-            .args(["--step-ms", "1"])
+            .args(["--step-ms", step_ms])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -303,7 +308,9 @@ async fn mysql_events_and_interrupts_cross_hosts() {
     events_and_interrupts_cross_hosts(Engine::MySql).await;
 }
 
-/// The Discord bot on one host, the backend on another: the user's picture comes back.
+/// The Discord bot on one host, the backend on another: the user's picture comes back. Then a
+/// job that failed there is requeued on the backend's host (its dashboard action): the bot's
+/// host follows it again and answers.
 async fn a_discord_job_runs_on_another_host(engine: Engine) {
     let Some(db) = TestDb::create(engine).await else {
         return;
@@ -334,12 +341,15 @@ async fn a_discord_job_runs_on_another_host(engine: Engine) {
         ..ServerOptions::default()
     })
     .await;
-    let _gpu = Server::start(ServerOptions {
+    // The backend host: one simulated worker, and a ZeroMQ pool whose jobs fail at their
+    // first missed deadline.
+    let gpu = Server::start(ServerOptions {
         db_url: &db.url,
         database_toml: "host_id = \"gpu-host\"",
         dir: gpu_dir.path(),
         workers: 1,
         step_ms: 10,
+        workers_toml: "deadline_min_s = 0.5\ndeadline_scale = 0.001\nmax_faults = 1",
         ..ServerOptions::default()
     })
     .await;
@@ -366,6 +376,60 @@ async fn a_discord_job_runs_on_another_host(engine: Engine) {
     let rows = store.jobs().await.unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].claimed_by.as_deref(), Some("gpu-host"));
+
+    // A job that fails: the simulated backend drained, a worker too slow for its deadline.
+    let drained = easel::forge::http_client()
+        .post(gpu.url("/api/admin/backends/simulated/drain"))
+        .header("Authorization", &gpu.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(drained.status(), 200);
+    let slow = Worker::start_with(gpu.pool_port, "100000");
+    let failing = fake
+        .message(
+            10,
+            &Author::user(2000, "alice"),
+            "/art a slow fox --steps 3",
+        )
+        .await;
+    let failed = |c: &common::discord::RestCall| {
+        c.is("POST", "/api/v10/channels/10/messages")
+            && c.json.as_ref().is_some_and(|j| {
+                j["message_reference"]["message_id"].as_str() == Some(&failing.to_string())
+                    && j["content"]
+                        .as_str()
+                        .is_some_and(|t| t.starts_with("Sorry, this request failed"))
+            })
+    };
+    fake.wait_for_calls(1, failed, Duration::from_secs(30))
+        .await;
+    drop(slow);
+    let job_id = store
+        .jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|row| row.status() == JobStatus::Failed)
+        .expect("the failed job")
+        .id;
+    let _quick = Worker::start(gpu.pool_port);
+    let requeued = easel::forge::http_client()
+        .post(gpu.url(&format!("/api/admin/jobs/{job_id}/requeue")))
+        .header("Authorization", &gpu.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(requeued.status(), 200);
+    let answered = |c: &common::discord::RestCall| {
+        c.is("POST", "/api/v10/channels/10/messages")
+            && !c.files.is_empty()
+            && c.json.as_ref().is_some_and(|j| {
+                j["message_reference"]["message_id"].as_str() == Some(&failing.to_string())
+            })
+    };
+    fake.wait_for_calls(1, answered, Duration::from_secs(30))
+        .await;
     store.close().await;
     db.cleanup().await;
 }

@@ -733,11 +733,17 @@ impl Bot {
                 }
                 Received::Closed => return,
             };
-            // A revival taken on another host is that host's bot's to answer.
-            if event.relayed
-                || !matches!(event.kind, EventKind::Requeued { revived: true, .. })
-                || !matches!(*event.origin, Origin::Discord { .. })
-            {
+            if !matches!(event.kind, EventKind::Requeued { revived: true, .. }) {
+                continue;
+            }
+            // Wherever the operator requeued it, the host whose shards have its guild answers.
+            let Origin::Discord { channel, .. } = *event.origin else {
+                continue;
+            };
+            let Some(channel) = Id::new_checked(channel) else {
+                continue;
+            };
+            if !self.answers_in(channel).await {
                 continue;
             }
             // Watched before anything is read: its start may come any moment.
@@ -750,6 +756,28 @@ impl Bot {
                 }
             }
         }
+    }
+
+    /// Whether this host's shards have `channel`'s guild (its DMs: shard 0). Asks Discord
+    /// about a channel the gateway did not tell this host about.
+    async fn answers_in(&self, channel: Id<ChannelMarker>) -> bool {
+        if self.settings.shards_total <= 1 {
+            return true;
+        }
+        let guild = match self.places.channel(channel) {
+            Some(place) => place.guild_id,
+            None => match counted(self.http().channel(channel).into_future(), None).await {
+                Ok(response) => match response.model().await {
+                    Ok(found) => found.guild_id,
+                    Err(_) => return false,
+                },
+                Err(err) => {
+                    tracing::warn!(%channel, error = %err, "cannot tell whose shard a channel is");
+                    return false;
+                }
+            },
+        };
+        self.settings.has_guild(guild)
     }
 
     /// Follows one stored Discord job through `watch` to its end (showing `first`, if any,

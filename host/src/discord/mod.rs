@@ -30,7 +30,7 @@ use twilight_gateway::{
     CloseFrame, ConfigBuilder, Event, EventTypeFlags, Intents, Shard, ShardId, StreamExt as _,
 };
 use twilight_model::id::Id;
-use twilight_model::id::marker::{ApplicationMarker, ChannelMarker, UserMarker};
+use twilight_model::id::marker::{ApplicationMarker, ChannelMarker, GuildMarker, UserMarker};
 
 use crate::accounts::Accounts;
 use crate::catalog::Catalog;
@@ -70,6 +70,18 @@ struct Settings {
     queue_position: bool,
     /// `[discord] progress`.
     progress: bool,
+    /// The gateway shards this host runs, and their total.
+    shards: std::ops::Range<u32>,
+    shards_total: u32,
+}
+
+impl Settings {
+    /// Whether this host's shards receive the events of `guild` (`None`: DMs, shard 0) —
+    /// Discord's rule, `(guild id >> 22) % total`.
+    fn has_guild(&self, guild: Option<Id<GuildMarker>>) -> bool {
+        let shard = guild.map_or(0, |g| (g.get() >> 22) % u64::from(self.shards_total.max(1)));
+        u32::try_from(shard).is_ok_and(|shard| self.shards.contains(&shard))
+    }
 }
 
 /// What the front end works with: the services it calls and the read handles it reads.
@@ -199,6 +211,8 @@ pub fn start(
             commands: discord.commands,
             queue_position: discord.queue_position,
             progress: discord.progress,
+            shards: ids.clone(),
+            shards_total: total,
         },
         announced: Mutex::new(HashSet::new()),
     });
@@ -326,5 +340,30 @@ impl Bot {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guilds_belong_to_shards_by_discords_rule() {
+        let settings = |shards, shards_total| Settings {
+            announce: false,
+            threads_own: false,
+            commands: Commands::Off,
+            queue_position: false,
+            progress: false,
+            shards,
+            shards_total,
+        };
+        let guild = |n: u64| Some(Id::new(n << 22 | 12345));
+        assert!(settings(0..1, 1).has_guild(guild(7)));
+        assert!(settings(0..1, 2).has_guild(guild(4)));
+        assert!(!settings(0..1, 2).has_guild(guild(5)));
+        assert!(settings(1..2, 2).has_guild(guild(5)));
+        assert!(settings(0..1, 2).has_guild(None), "DMs go to shard 0");
+        assert!(!settings(1..2, 2).has_guild(None));
     }
 }
