@@ -85,13 +85,16 @@ async fn dead_hosts_jobs_finish_elsewhere(engine: Engine) {
             .await,
         );
     }
-    // Two ZeroMQ workers (`easel worker`, 1 ms per step) on each host's pool.
+    // Two ZeroMQ workers (`easel worker`) on each host's pool: 1 ms per step, but 40 ms on
+    // host-a, so that it is always running something when it is killed.
     let _workers: Vec<Worker> = servers
         .iter()
-        .flat_map(|server| {
+        .enumerate()
+        .flat_map(|(i, server)| {
+            let step_ms = if i == 0 { "40" } else { "1" };
             [
-                Worker::start(server.pool_port),
-                Worker::start(server.pool_port),
+                Worker::start_with(server.pool_port, step_ms),
+                Worker::start_with(server.pool_port, step_ms),
             ]
         })
         .collect();
