@@ -131,13 +131,19 @@ async fn dead_hosts_jobs_finish_elsewhere(engine: Engine) {
         );
     }
 
-    // kill -9 host-a mid-run, while it holds jobs.
+    // kill -9 host-a mid-run (a tenth finished), while it holds jobs.
     let store = Store::connect(&db.url).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while store.count_jobs(JobStatus::Finished).await.unwrap() < (JOBS / 3) as i64
-        || held_by(&store, "host-a").await.is_empty()
-    {
-        assert!(Instant::now() < deadline, "host-a never ran a job mid-run");
+    // (The hosts tests share two cores when they run together: deadlines are generous.)
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let finished = store.count_jobs(JobStatus::Finished).await.unwrap();
+        if finished >= (JOBS / 10) as i64 && !held_by(&store, "host-a").await.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "host-a never ran a job mid-run ({finished} finished)"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     servers[0].kill();
@@ -147,7 +153,7 @@ async fn dead_hosts_jobs_finish_elsewhere(engine: Engine) {
     assert!(!held.is_empty(), "host-a held nothing when it died");
 
     // Every job finishes, on b or the third host for what a held.
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let done = store.count_jobs(JobStatus::Finished).await.unwrap();
         if done == JOBS as i64 {
