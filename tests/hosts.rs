@@ -131,13 +131,13 @@ async fn dead_hosts_jobs_finish_elsewhere(engine: Engine) {
         );
     }
 
-    // kill -9 host-a mid-run (a tenth finished), while it holds jobs.
+    // kill -9 host-a mid-run (jobs finishing), while it holds jobs.
     let store = Store::connect(&db.url).await.unwrap();
     // (The hosts tests share two cores when they run together: deadlines are generous.)
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         let finished = store.count_jobs(JobStatus::Finished).await.unwrap();
-        if finished >= (JOBS / 10) as i64 && !held_by(&store, "host-a").await.is_empty() {
+        if finished > 0 && !held_by(&store, "host-a").await.is_empty() {
             break;
         }
         assert!(
